@@ -1,0 +1,30 @@
+/**
+ * Typed errors. Every error that a user can cause names the file (or input) and the field at
+ * fault, so a message reads like "model.safetensors: tensor model.norm.weight: expected shape [64],
+ * got [32]".
+ */
+export class EdgeAdaptersError extends Error {
+  /** The file, URL or input the error is about ("config.json", "tokens", ...). */
+  readonly file: string;
+  /** The field, tensor or key inside it, when one is at fault. */
+  readonly field: string | undefined;
+
+  constructor(file: string, field: string | undefined, message: string) {
+    super(`${file}${field === undefined ? '' : `: ${field}`}: ${message}`);
+    this.name = new.target.name;
+    this.file = file;
+    this.field = field;
+  }
+}
+
+/** A model file (checkpoint, config.json, ONNX, tokenizer) is malformed or unsupported. */
+export class ModelFormatError extends EdgeAdaptersError {}
+
+/** A PEFT adapter file (adapter_config.json, safetensors) is malformed or unsupported. */
+export class AdapterFormatError extends EdgeAdaptersError {}
+
+/** A well-formed adapter that does not fit the loaded base model. */
+export class IncompatibleAdapterError extends EdgeAdaptersError {}
+
+/** A request the model cannot serve: token ids outside the vocabulary, a prompt past the context. */
+export class InvalidInputError extends EdgeAdaptersError {}
