@@ -1,13 +1,14 @@
 #!/usr/bin/env node
-// The published CLI runs the compiled code; from a checkout without a build it runs the sources through tsx.
+// The published CLI runs the compiled code; a checkout without a build runs the sources through tsx.
 import { existsSync } from 'node:fs';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 
-const compiled = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
-if (existsSync(compiled)) {
-  await import(pathToFileURL(compiled).href);
+let cli;
+if (existsSync(fileURLToPath(new URL('../dist/cli.js', import.meta.url)))) {
+  cli = await import('../dist/cli.js');
 } else {
   const { register } = await import('tsx/esm/api');
   register();
-  await import(new URL('../src/cli.ts', import.meta.url).href);
+  cli = await import('../src/cli.ts');
 }
+await cli.run(process.argv.slice(2));

@@ -1,0 +1,68 @@
+/**
+ * A base model ready to generate: its config, tokenizer and decoder session.
+ */
+import type { DecoderSession } from './decoder-session.js';
+import { generateTokens, type FinishReason, type GenerateOptions, type GenerationChunk } from './generate.js';
+import type { LlamaConfig } from '../formats/checkpoint.js';
+import type { Tokenizer } from '../formats/tokenizer.js';
+import type { BackendName } from './backend.js';
+import { InvalidInputError } from '../errors.js';
+
+export interface Completion {
+  text: string;
+  tokens: number[];
+  finishReason: FinishReason;
+}
+
+export class LanguageModel {
+  constructor(
+    readonly config: LlamaConfig,
+    readonly tokenizer: Tokenizer,
+    readonly session: DecoderSession,
+    readonly backend: BackendName,
+    /** Defaults from generation_config.json. */
+    readonly generationDefaults: GenerateOptions = {},
+  ) {}
+
+  /** Text to token ids, with BOS as the model expects; token arrays pass through unchanged. */
+  encode(prompt: string | readonly number[]): number[] {
+    const tokens = typeof prompt === 'string' ? this.tokenizer.encode(prompt, { bos: true }) : [...prompt];
+    if (tokens.length >= this.config.max_position_embeddings) {
+      throw new InvalidInputError(
+        'prompt',
+        undefined,
+        `${tokens.length} tokens leave no room to generate in a context of ${this.config.max_position_embeddings}`,
+      );
+    }
+    return tokens;
+  }
+
+  /** Streams generated text chunk by chunk. */
+  generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GenerationChunk, FinishReason> {
+    return generateTokens(this.session, this.tokenizer, this.encode(prompt), { ...this.generationDefaults, ...options });
+  }
+
+  /** Generates to the end and returns the new text and tokens. */
+  async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<Completion> {
+    let text = '';
+    const tokens: number[] = [];
+    let finishReason: FinishReason = 'length';
+    for await (const chunk of this.generate(prompt, options)) {
+      text += chunk.text;
+      tokens.push(chunk.token);
+      if (chunk.finishReason) finishReason = chunk.finishReason;
+    }
+    return { text, tokens, finishReason };
+  }
+
+  /** Logits of every position for one forward pass over `tokens` from an empty cache. */
+  async logits(tokens: readonly number[]): Promise<Float32Array[]> {
+    const { logits } = await this.session.forward(tokens, this.session.emptyCache());
+    const vocab = this.config.vocab_size;
+    return tokens.map((_, i) => logits.slice(i * vocab, (i + 1) * vocab));
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
