@@ -16,7 +16,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { checkpointToModelFolder, type ConvertOptions } from './convert.js';
 import { parseLlama2cCheckpoint } from './formats/llama2c-checkpoint.js';
-import { Llama2cTokenizer, llama2cTokenizerToHfJson } from './formats/llama2c-tokenizer.js';
+import { Llama2cTokenizer, llama2cTokenizerToHfConfig, llama2cTokenizerToHfJson } from './formats/llama2c-tokenizer.js';
 import { readHfCheckpoint } from './formats/hf-checkpoint.js';
 import { synthCheckpoint, SYNTH_SHAPES } from './formats/synth.js';
 import { folderSource } from './formats/files-node.js';
@@ -117,12 +117,7 @@ export async function main(argv: string[], stdout: (s: string) => void = (s) => 
         const tokenizerFiles = new Map<string, Uint8Array>([
           ['tokenizer.bin', tokenizerBin],
           ['tokenizer.json', new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfJson(tokenizer)))],
-          [
-            'tokenizer_config.json',
-            new TextEncoder().encode(
-              JSON.stringify({ bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', add_bos_token: true, add_eos_token: false }, null, 2),
-            ),
-          ],
+          ['tokenizer_config.json', new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfConfig(tokenizer), null, 2))],
         ]);
         // llama2.c models end a story with BOS, and run.c stops generating there.
         const generationConfig = { eos_token_id: [ckpt.config.eos_token_id, ckpt.config.bos_token_id] };
