@@ -16,7 +16,11 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { checkpointToModelFolder, type ConvertOptions } from './convert.js';
 import { parseLlama2cCheckpoint } from './formats/llama2c-checkpoint.js';
-import { Llama2cTokenizer, llama2cTokenizerToHfConfig, llama2cTokenizerToHfJson } from './formats/llama2c-tokenizer.js';
+import {
+  Llama2cTokenizer,
+  llama2cTokenizerToHfConfig,
+  llama2cTokenizerToHfJson,
+} from './formats/llama2c-tokenizer.js';
 import { readHfCheckpoint } from './formats/hf-checkpoint.js';
 import { synthCheckpoint, SYNTH_SHAPES } from './formats/synth.js';
 import { folderSource } from './formats/files-node.js';
@@ -94,15 +98,26 @@ async function writeFolder(out: string, files: Map<string, Uint8Array>): Promise
   }
 }
 
-export async function main(argv: string[], stdout: (s: string) => void = (s) => process.stdout.write(s)): Promise<void> {
-  const { values: o, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+export async function main(
+  argv: string[],
+  stdout: (s: string) => void = (s) => process.stdout.write(s),
+): Promise<void> {
+  const { values: o, positionals } = parseArgs({
+    args: argv,
+    options: OPTIONS,
+    allowPositionals: true,
+    strict: true,
+  });
   const [command, ...rest] = positionals;
   if (o.help || command === undefined) {
     stdout(`${USAGE}\n`);
     return;
   }
   const backend = { backend: o.backend as BackendName | undefined, threads: number(o.threads, 'threads') };
-  const convert: ConvertOptions = { profile: o.profile as DecoderProfile | undefined, externalData: o['external-data'] };
+  const convert: ConvertOptions = {
+    profile: o.profile as DecoderProfile | undefined,
+    externalData: o['external-data'],
+  };
 
   switch (command) {
     case 'convert': {
@@ -110,31 +125,48 @@ export async function main(argv: string[], stdout: (s: string) => void = (s) => 
       const out = required(o.out, 'out');
       if (kind === 'llama2c') {
         const [checkpointFile, tokenizerFile] = inputs;
-        if (!checkpointFile || !tokenizerFile) throw new UsageError('convert llama2c needs CHECKPOINT.bin and TOKENIZER.bin');
+        if (!checkpointFile || !tokenizerFile)
+          throw new UsageError('convert llama2c needs CHECKPOINT.bin and TOKENIZER.bin');
         const ckpt = parseLlama2cCheckpoint(await readBytes(checkpointFile), checkpointFile);
         const tokenizerBin = await readBytes(tokenizerFile);
         const tokenizer = Llama2cTokenizer.parse(tokenizerBin, ckpt.config.vocab_size, tokenizerFile);
         const tokenizerFiles = new Map<string, Uint8Array>([
           ['tokenizer.bin', tokenizerBin],
           ['tokenizer.json', new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfJson(tokenizer)))],
-          ['tokenizer_config.json', new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfConfig(tokenizer), null, 2))],
+          [
+            'tokenizer_config.json',
+            new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfConfig(tokenizer), null, 2)),
+          ],
         ]);
         // llama2.c models end a story with BOS, and run.c stops generating there.
         const generationConfig = { eos_token_id: [ckpt.config.eos_token_id, ckpt.config.bos_token_id] };
-        await writeFolder(out, checkpointToModelFolder(ckpt, { ...convert, tokenizerFiles, generationConfig }));
+        await writeFolder(
+          out,
+          checkpointToModelFolder(ckpt, { ...convert, tokenizerFiles, generationConfig }),
+        );
       } else if (kind === 'hf') {
         const [src] = inputs;
         if (!src) throw new UsageError('convert hf needs SRC_DIR');
         const source = folderSource(src);
         const ckpt = await readHfCheckpoint(source.read, src);
         const tokenizerFiles = new Map<string, Uint8Array>();
-        for (const name of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.bin']) {
+        for (const name of [
+          'tokenizer.json',
+          'tokenizer_config.json',
+          'special_tokens_map.json',
+          'tokenizer.bin',
+        ]) {
           const bytes = await source.read(name);
           if (bytes) tokenizerFiles.set(name, bytes);
         }
         const generationBytes = await source.read('generation_config.json');
-        const generationConfig = generationBytes ? (JSON.parse(new TextDecoder().decode(generationBytes)) as Record<string, unknown>) : {};
-        await writeFolder(out, checkpointToModelFolder(ckpt, { ...convert, tokenizerFiles, generationConfig }));
+        const generationConfig = generationBytes
+          ? (JSON.parse(new TextDecoder().decode(generationBytes)) as Record<string, unknown>)
+          : {};
+        await writeFolder(
+          out,
+          checkpointToModelFolder(ckpt, { ...convert, tokenizerFiles, generationConfig }),
+        );
       } else {
         throw new UsageError(`convert: unknown source kind "${kind ?? ''}"; expected llama2c or hf`);
       }
@@ -143,7 +175,8 @@ export async function main(argv: string[], stdout: (s: string) => void = (s) => 
     }
     case 'synth': {
       const shape = required(o.shape, 'shape');
-      if (!(shape in SYNTH_SHAPES)) throw new UsageError(`unknown --shape "${shape}"; one of ${Object.keys(SYNTH_SHAPES).join(', ')}`);
+      if (!(shape in SYNTH_SHAPES))
+        throw new UsageError(`unknown --shape "${shape}"; one of ${Object.keys(SYNTH_SHAPES).join(', ')}`);
       const ckpt = synthCheckpoint(shape, number(o.seed, 'seed') ?? 0);
       await writeFolder(required(o.out, 'out'), checkpointToModelFolder(ckpt, convert));
       stdout(`wrote ${o.out}\n`);
@@ -174,7 +207,8 @@ export async function main(argv: string[], stdout: (s: string) => void = (s) => 
         .split(',')
         .map((t) => {
           const n = Number(t.trim());
-          if (!Number.isInteger(n)) throw new UsageError(`--tokens expects comma-separated integers, got "${t}"`);
+          if (!Number.isInteger(n))
+            throw new UsageError(`--tokens expects comma-separated integers, got "${t}"`);
           return n;
         });
       const model = await loadModel(required(o.model, 'model'), backend);
@@ -207,7 +241,9 @@ export async function run(argv: string[]): Promise<void> {
   try {
     await main(argv);
   } catch (error: unknown) {
-    const parseError = error instanceof TypeError && String((error as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS');
+    const parseError =
+      error instanceof TypeError &&
+      String((error as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS');
     if (error instanceof UsageError || parseError) {
       process.stderr.write(`edge-adapters: ${(error as Error).message}\n${USAGE}\n`);
       process.exitCode = 2;
@@ -215,7 +251,9 @@ export async function run(argv: string[]): Promise<void> {
       process.stderr.write(`edge-adapters: ${error.name}: ${error.message}\n`);
       process.exitCode = 1;
     } else {
-      process.stderr.write(`edge-adapters: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+      process.stderr.write(
+        `edge-adapters: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+      );
       process.exitCode = 1;
     }
   }

@@ -18,7 +18,10 @@ export interface ConvertOptions {
 
 const PROTOBUF_LIMIT = 2 ** 31 - 1;
 
-export function checkpointToModelFolder(ckpt: Checkpoint, options: ConvertOptions = {}): Map<string, Uint8Array> {
+export function checkpointToModelFolder(
+  ckpt: Checkpoint,
+  options: ConvertOptions = {},
+): Map<string, Uint8Array> {
   const files = new Map<string, Uint8Array>();
   const json = (value: unknown) => new TextEncoder().encode(`${JSON.stringify(value, null, 2)}\n`);
   files.set('config.json', json(ckpt.config));

@@ -13,7 +13,10 @@ export type LoadModelOptions = BackendOptions;
 /**
  * `source` is a FileSource, a URL (http:, https:, file: in browsers) or, in Node, a folder path.
  */
-export async function loadModel(source: string | URL | FileSource, options: LoadModelOptions = {}): Promise<LanguageModel> {
+export async function loadModel(
+  source: string | URL | FileSource,
+  options: LoadModelOptions = {},
+): Promise<LanguageModel> {
   const files = typeof source === 'object' && 'read' in source ? source : await resolveSource(source);
   const folder = await readModelFolder(files);
   const backend = await loadBackend(options);

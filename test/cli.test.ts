@@ -26,21 +26,60 @@ describe('edge-adapters CLI', () => {
   const model = path.join(work, 'stories260K');
 
   it('convert llama2c writes a model folder', async () => {
-    await cli(['convert', 'llama2c', fixture('llama2c/stories260K.bin'), fixture('llama2c/tok512.bin'), '--out', model]);
-    for (const f of ['config.json', 'model.onnx', 'tokenizer.bin', 'tokenizer.json', 'generation_config.json']) {
+    await cli([
+      'convert',
+      'llama2c',
+      fixture('llama2c/stories260K.bin'),
+      fixture('llama2c/tok512.bin'),
+      '--out',
+      model,
+    ]);
+    for (const f of [
+      'config.json',
+      'model.onnx',
+      'tokenizer.bin',
+      'tokenizer.json',
+      'generation_config.json',
+    ]) {
       expect(existsSync(path.join(model, f)), f).toBe(true);
     }
     const config = JSON.parse(readFileSync(path.join(model, 'config.json'), 'utf8'));
-    expect(config).toMatchObject({ hidden_size: 64, num_hidden_layers: 5, num_key_value_heads: 4, vocab_size: 512 });
+    expect(config).toMatchObject({
+      hidden_size: 64,
+      num_hidden_layers: 5,
+      num_key_value_heads: 4,
+      vocab_size: 512,
+    });
   });
 
   it('generate prints exactly what llama2.c run.c prints (greedy, -n 256)', async () => {
-    const out = await cli(['generate', '--model', model, '--prompt', 'Once upon a time', '--temperature', '0', '--max-tokens', '252']);
+    const out = await cli([
+      'generate',
+      '--model',
+      model,
+      '--prompt',
+      'Once upon a time',
+      '--temperature',
+      '0',
+      '--max-tokens',
+      '252',
+    ]);
     expect(out).toBe(golden);
   });
 
   it('the installed binary prints the same, as a process', async () => {
-    const { stdout } = await run(process.execPath, [BIN, 'generate', '--model', model, '--prompt', 'Once upon a time', '--temperature', '0', '--max-tokens', '252']);
+    const { stdout } = await run(process.execPath, [
+      BIN,
+      'generate',
+      '--model',
+      model,
+      '--prompt',
+      'Once upon a time',
+      '--temperature',
+      '0',
+      '--max-tokens',
+      '252',
+    ]);
     expect(stdout).toBe(golden);
   });
 
@@ -58,18 +97,30 @@ describe('edge-adapters CLI', () => {
   it('errors exit non-zero with a message naming the file and field', async () => {
     const bad = path.join(work, 'truncated.bin');
     writeFileSync(bad, readFileSync(fixture('llama2c/stories260K.bin')).subarray(0, 1000));
-    const failed = await run(process.execPath, [BIN, 'convert', 'llama2c', bad, fixture('llama2c/tok512.bin'), '--out', path.join(work, 'x')]).catch(
-      (e: { code: number; stderr: string }) => e,
-    );
+    const failed = await run(process.execPath, [
+      BIN,
+      'convert',
+      'llama2c',
+      bad,
+      fixture('llama2c/tok512.bin'),
+      '--out',
+      path.join(work, 'x'),
+    ]).catch((e: { code: number; stderr: string }) => e);
     expect('code' in failed && failed.code).toBe(1);
     expect((failed as { stderr: string }).stderr).toMatch(/ModelFormatError: .*truncated\.bin/);
     expect(existsSync(path.join(work, 'x'))).toBe(false);
 
-    const usage = await run(process.execPath, [BIN, 'generate', '--prompt', 'x']).catch((e: { code: number; stderr: string }) => e);
+    const usage = await run(process.execPath, [BIN, 'generate', '--prompt', 'x']).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
     expect('code' in usage && usage.code).toBe(2);
     expect((usage as { stderr: string }).stderr).toMatch(/--model is required/);
 
-    const tokens = await run(process.execPath, [BIN, 'logits', '--model', model, '--tokens', '1,9999']).catch((e: { code: number; stderr: string }) => e);
-    expect((tokens as { stderr: string }).stderr).toMatch(/InvalidInputError: tokens: \[1\]: token id 9999 is outside the vocabulary/);
+    const tokens = await run(process.execPath, [BIN, 'logits', '--model', model, '--tokens', '1,9999']).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect((tokens as { stderr: string }).stderr).toMatch(
+      /InvalidInputError: tokens: \[1\]: token id 9999 is outside the vocabulary/,
+    );
   });
 });

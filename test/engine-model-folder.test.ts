@@ -51,7 +51,8 @@ describe('model folder -> onnxruntime-web logits equal the float64 reference', (
       for (let i = 0; i < 64; i++) expect(maxAbsDiff(oneShot[i], expected[i])).toBeLessThan(1e-4);
 
       let { logits, cache } = await model.session.forward(tokens.slice(0, 32), model.session.emptyCache());
-      for (let i = 0; i < 32; i++) expect(maxAbsDiff(logits.subarray(i * 512, (i + 1) * 512), expected[i])).toBeLessThan(1e-4);
+      for (let i = 0; i < 32; i++)
+        expect(maxAbsDiff(logits.subarray(i * 512, (i + 1) * 512), expected[i])).toBeLessThan(1e-4);
       for (let i = 32; i < 64; i++) {
         ({ logits, cache } = await model.session.forward([tokens[i]], cache));
         expect(maxAbsDiff(logits, expected[i])).toBeLessThan(1e-4);
@@ -99,7 +100,9 @@ describe('generation', () => {
     const promptTokens = tokenizer.encode(prompt, { bos: true });
     const all = tokenizer.decode([...promptTokens, ...a.tokens]);
     const eosAt = a.finishReason === 'eos' ? a.tokens.length - 1 : a.tokens.length;
-    expect(tokenizer.decode(promptTokens) + a.text).toBe(tokenizer.decode([...promptTokens, ...a.tokens.slice(0, eosAt)]));
+    expect(tokenizer.decode(promptTokens) + a.text).toBe(
+      tokenizer.decode([...promptTokens, ...a.tokens.slice(0, eosAt)]),
+    );
     expect(all.startsWith(prompt)).toBe(true);
     await model.release();
   });
@@ -120,7 +123,10 @@ describe('generation', () => {
     let n = 0;
     await expect(
       (async () => {
-        for await (const _ of model.generate('Once upon a time', { maxTokens: 100, signal: controller.signal })) {
+        for await (const _ of model.generate('Once upon a time', {
+          maxTokens: 100,
+          signal: controller.signal,
+        })) {
           if (++n === 5) controller.abort();
         }
       })(),
@@ -134,7 +140,9 @@ describe('bad input is a typed error naming what is wrong', () => {
   it('token ids outside the vocabulary', async () => {
     const model = await loadModel(folder(ckpt, 'contrib'));
     await expect(model.logits([1, 512])).rejects.toThrow(InvalidInputError);
-    await expect(model.logits([1, 512])).rejects.toThrow(/tokens: \[1\]: token id 512 is outside the vocabulary \[0, 512\)/);
+    await expect(model.logits([1, 512])).rejects.toThrow(
+      /tokens: \[1\]: token id 512 is outside the vocabulary \[0, 512\)/,
+    );
     await expect(model.logits([-1])).rejects.toThrow(InvalidInputError);
     await model.release();
   });
@@ -150,7 +158,9 @@ describe('bad input is a typed error naming what is wrong', () => {
   it('a folder without config.json or model.onnx', async () => {
     await expect(loadModel(memorySource(new Map(), 'empty'))).rejects.toThrow(ModelFormatError);
     await expect(loadModel(memorySource(new Map(), 'empty'))).rejects.toThrow(/empty\/config.json: missing/);
-    const files = checkpointToModelFolder(ckpt, { tokenizerFiles: new Map([['tokenizer.bin', tokenizerBin]]) });
+    const files = checkpointToModelFolder(ckpt, {
+      tokenizerFiles: new Map([['tokenizer.bin', tokenizerBin]]),
+    });
     files.delete('model.onnx');
     await expect(loadModel(memorySource(files, 'm'))).rejects.toThrow(/m\/model.onnx: missing/);
   });
@@ -158,7 +168,9 @@ describe('bad input is a typed error naming what is wrong', () => {
 
 it('the HF tokenizer.json written for a llama2c model loads when tokenizer.bin is absent', async () => {
   const files = checkpointToModelFolder(ckpt, {
-    tokenizerFiles: new Map([['tokenizer.json', new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfJson(tokenizer)))]]),
+    tokenizerFiles: new Map([
+      ['tokenizer.json', new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfJson(tokenizer)))],
+    ]),
   });
   const model = await loadModel(memorySource(files, 'hf-tok'));
   expect(model.encode('Once upon a time')).toEqual([1, 403, 407, 261, 378]);

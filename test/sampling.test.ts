@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { applyRepetitionPenalty, argmax, sampleToken, seededRandom, validateSampling } from '../src/engine/sampling.js';
+import {
+  applyRepetitionPenalty,
+  argmax,
+  sampleToken,
+  seededRandom,
+  validateSampling,
+} from '../src/engine/sampling.js';
 
 const softmax = (xs: number[], t = 1) => {
   const m = Math.max(...xs);
@@ -54,7 +60,9 @@ describe('sampling', () => {
   it('the same seed gives the same tokens', () => {
     const run = (seed: number) => {
       const random = seededRandom(seed);
-      return Array.from({ length: 50 }, () => sampleToken(Float32Array.from([1, 1, 1, 1, 1]), [], { temperature: 1 }, random));
+      return Array.from({ length: 50 }, () =>
+        sampleToken(Float32Array.from([1, 1, 1, 1, 1]), [], { temperature: 1 }, random),
+      );
     };
     expect(run(7)).toEqual(run(7));
     expect(run(7)).not.toEqual(run(8));

@@ -39,9 +39,12 @@ export async function loadBackend(options: BackendOptions = {}): Promise<Backend
     try {
       native = (await import('onnxruntime-node')) as unknown as OrtApi;
     } catch (cause) {
-      throw new Error('backend "node" needs the optional dependency onnxruntime-node: npm install onnxruntime-node', {
-        cause,
-      });
+      throw new Error(
+        'backend "node" needs the optional dependency onnxruntime-node: npm install onnxruntime-node',
+        {
+          cause,
+        },
+      );
     }
     if (options.threads !== undefined) sessionOptions.intraOpNumThreads = options.threads;
     sessionOptions.executionProviders = ['cpu'];

@@ -46,7 +46,11 @@ export class DecoderSession {
     }
     for (const name of ['input_ids', 'attention_mask']) {
       if (!session.inputNames.includes(name)) {
-        throw new ModelFormatError(file, name, `the graph has no input "${name}"; expected the Hugging Face decoder layout`);
+        throw new ModelFormatError(
+          file,
+          name,
+          `the graph has no input "${name}"; expected the Hugging Face decoder layout`,
+        );
       }
     }
     if (!session.outputNames.includes('logits')) {
@@ -57,7 +61,11 @@ export class DecoderSession {
       for (const kind of ['key', 'value']) {
         const name = `past_key_values.${i}.${kind}`;
         if (!session.inputNames.includes(name)) {
-          throw new ModelFormatError(file, name, `missing KV cache input for layer ${i} of ${config.num_hidden_layers}`);
+          throw new ModelFormatError(
+            file,
+            name,
+            `missing KV cache input for layer ${i} of ${config.num_hidden_layers}`,
+          );
         }
         pastNames.push(name);
       }
@@ -68,7 +76,8 @@ export class DecoderSession {
   emptyCache(): KvCache {
     const shape = [1, this.config.num_key_value_heads, 0, headDim(this.config)];
     const tensors = new Map<string, ort.Tensor>();
-    for (const name of this.pastNames) tensors.set(name, new this.backend.ort.Tensor('float32', new Float32Array(0), shape));
+    for (const name of this.pastNames)
+      tensors.set(name, new this.backend.ort.Tensor('float32', new Float32Array(0), shape));
     return { length: 0, tensors };
   }
 
@@ -77,12 +86,19 @@ export class DecoderSession {
    * [tokens.length, vocab_size], and the cache extended by the new tokens. The given cache is not
    * changed, so it can be reused (e.g. to branch from a shared prompt).
    */
-  async forward(tokens: readonly number[], cache: KvCache): Promise<{ logits: Float32Array; cache: KvCache }> {
+  async forward(
+    tokens: readonly number[],
+    cache: KvCache,
+  ): Promise<{ logits: Float32Array; cache: KvCache }> {
     const { vocab_size: vocab, max_position_embeddings: context } = this.config;
     if (tokens.length === 0) throw new InvalidInputError('tokens', undefined, 'no tokens to run');
     tokens.forEach((t, i) => {
       if (!Number.isInteger(t) || t < 0 || t >= vocab) {
-        throw new InvalidInputError('tokens', `[${i}]`, `token id ${t} is outside the vocabulary [0, ${vocab})`);
+        throw new InvalidInputError(
+          'tokens',
+          `[${i}]`,
+          `token id ${t} is outside the vocabulary [0, ${vocab})`,
+        );
       }
     });
     const total = cache.length + tokens.length;
@@ -108,12 +124,21 @@ export class DecoderSession {
     const next = new Map<string, ort.Tensor>();
     for (const name of this.pastNames) {
       const present = out[name.replace('past_key_values', 'present')];
-      if (!present) throw new ModelFormatError('model.onnx', name, 'the graph returned no present tensor for this cache entry');
+      if (!present)
+        throw new ModelFormatError(
+          'model.onnx',
+          name,
+          'the graph returned no present tensor for this cache entry',
+        );
       next.set(name, present);
     }
     const logits = out.logits.data as Float32Array;
     if (logits.length !== tokens.length * vocab) {
-      throw new ModelFormatError('model.onnx', 'logits', `expected ${tokens.length}x${vocab} logits, got ${logits.length} values`);
+      throw new ModelFormatError(
+        'model.onnx',
+        'logits',
+        `expected ${tokens.length}x${vocab} logits, got ${logits.length} values`,
+      );
     }
     return { logits, cache: { length: total, tensors: next } };
   }

@@ -38,8 +38,14 @@ export class LanguageModel {
   }
 
   /** Streams generated text chunk by chunk. */
-  generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GenerationChunk, FinishReason> {
-    return generateTokens(this.session, this.tokenizer, this.encode(prompt), { ...this.generationDefaults, ...options });
+  generate(
+    prompt: string | readonly number[],
+    options: GenerateOptions = {},
+  ): AsyncGenerator<GenerationChunk, FinishReason> {
+    return generateTokens(this.session, this.tokenizer, this.encode(prompt), {
+      ...this.generationDefaults,
+      ...options,
+    });
   }
 
   /** Generates to the end and returns the new text and tokens. */

@@ -36,7 +36,11 @@ export function argmax(logits: ArrayLike<number>): number {
 }
 
 /** HF's RepetitionPenaltyLogitsProcessor: divide positive logits, multiply negative ones. */
-export function applyRepetitionPenalty(logits: Float32Array, context: Iterable<number>, penalty: number): void {
+export function applyRepetitionPenalty(
+  logits: Float32Array,
+  context: Iterable<number>,
+  penalty: number,
+): void {
   if (penalty === 1) return;
   for (const id of new Set(context)) {
     const l = logits[id];
@@ -49,9 +53,11 @@ export function validateSampling(o: SamplingOptions): void {
     throw new RangeError(`sampling option ${field}: ${why}`);
   };
   if (o.temperature !== undefined && !(o.temperature >= 0)) bad('temperature', 'must be >= 0');
-  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0)) bad('topK', 'must be an integer >= 0');
+  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0))
+    bad('topK', 'must be an integer >= 0');
   if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) bad('topP', 'must be in (0, 1]');
-  if (o.repetitionPenalty !== undefined && !(o.repetitionPenalty > 0)) bad('repetitionPenalty', 'must be > 0');
+  if (o.repetitionPenalty !== undefined && !(o.repetitionPenalty > 0))
+    bad('repetitionPenalty', 'must be > 0');
 }
 
 /**

@@ -30,7 +30,8 @@ export class TextStream {
     this.tokens.push(token);
     const prefix = this.tokenizer.decode(this.tokens.slice(this.prefixOffset, this.readOffset));
     const text = this.tokenizer.decode(this.tokens.slice(this.prefixOffset));
-    if (text.length <= prefix.length || text.endsWith('\uFFFD') || !text.startsWith(prefix)) return this.release('');
+    if (text.length <= prefix.length || text.endsWith('\uFFFD') || !text.startsWith(prefix))
+      return this.release('');
     this.prefixOffset = this.readOffset;
     this.readOffset = this.tokens.length;
     return this.release(text.slice(prefix.length));

@@ -21,7 +21,10 @@ export interface Throughput {
   decodeTokensPerSecond: number;
 }
 
-export async function measureThroughput(session: DecoderSession, options: ThroughputOptions = {}): Promise<Throughput> {
+export async function measureThroughput(
+  session: DecoderSession,
+  options: ThroughputOptions = {},
+): Promise<Throughput> {
   const promptTokens = options.promptTokens ?? 128;
   const decodeTokens = options.decodeTokens ?? 64;
   const random = seededRandom(1);

@@ -22,7 +22,8 @@ export function urlSource(baseUrl: string | URL, init?: RequestInit): FileSource
     async read(name) {
       const response = await fetch(new URL(name, base), init);
       if (response.status === 404) return undefined;
-      if (!response.ok) throw new Error(`${new URL(name, base).href}: HTTP ${response.status} ${response.statusText}`);
+      if (!response.ok)
+        throw new Error(`${new URL(name, base).href}: HTTP ${response.status} ${response.statusText}`);
       return new Uint8Array(await response.arrayBuffer());
     },
   };
@@ -39,6 +40,10 @@ export async function readJson(source: FileSource, name: string): Promise<unknow
   try {
     return JSON.parse(new TextDecoder().decode(bytes));
   } catch (cause) {
-    throw new ModelFormatError(`${source.label}/${name}`, undefined, `not valid JSON: ${(cause as Error).message}`);
+    throw new ModelFormatError(
+      `${source.label}/${name}`,
+      undefined,
+      `not valid JSON: ${(cause as Error).message}`,
+    );
   }
 }

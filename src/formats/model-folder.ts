@@ -44,7 +44,8 @@ const GRAPH_FILES = ['model.onnx', 'onnx/model.onnx'];
 export async function readModelFolder(source: FileSource): Promise<ModelFolder> {
   const where = (name: string) => `${source.label}/${name}`;
   const configJson = await readJson(source, 'config.json');
-  if (configJson === undefined) throw new ModelFormatError(where('config.json'), undefined, 'missing: a model folder needs config.json');
+  if (configJson === undefined)
+    throw new ModelFormatError(where('config.json'), undefined, 'missing: a model folder needs config.json');
   const config = parseLlamaConfig(configJson, where('config.json'));
 
   let onnxFile: string | undefined;
@@ -56,13 +57,23 @@ export async function readModelFolder(source: FileSource): Promise<ModelFolder> 
       break;
     }
   }
-  if (!onnx || !onnxFile) throw new ModelFormatError(where('model.onnx'), undefined, `missing: expected one of ${GRAPH_FILES.join(', ')}`);
+  if (!onnx || !onnxFile)
+    throw new ModelFormatError(
+      where('model.onnx'),
+      undefined,
+      `missing: expected one of ${GRAPH_FILES.join(', ')}`,
+    );
 
   const dir = onnxFile.includes('/') ? onnxFile.slice(0, onnxFile.lastIndexOf('/') + 1) : '';
   const externalData: ModelFolder['externalData'] = [];
   for (const location of externalLocations(decodeModel(onnx, where(onnxFile)))) {
     const data = await source.read(dir + location);
-    if (!data) throw new ModelFormatError(where(dir + location), undefined, `missing: ${onnxFile} stores weights there`);
+    if (!data)
+      throw new ModelFormatError(
+        where(dir + location),
+        undefined,
+        `missing: ${onnxFile} stores weights there`,
+      );
     externalData.push({ path: location, data });
   }
 
@@ -77,9 +88,17 @@ async function readTokenizer(source: FileSource, config: LlamaConfig): Promise<T
   const json = await readJson(source, 'tokenizer.json');
   if (json !== undefined) {
     const tokenizerConfig = await readJson(source, 'tokenizer_config.json');
-    return HfTokenizer.fromJson(json as object, tokenizerConfig as object | undefined, `${source.label}/tokenizer.json`);
+    return HfTokenizer.fromJson(
+      json as object,
+      tokenizerConfig as object | undefined,
+      `${source.label}/tokenizer.json`,
+    );
   }
-  throw new ModelFormatError(`${source.label}/tokenizer.json`, undefined, 'missing: a model folder needs tokenizer.json or tokenizer.bin');
+  throw new ModelFormatError(
+    `${source.label}/tokenizer.json`,
+    undefined,
+    'missing: a model folder needs tokenizer.json or tokenizer.bin',
+  );
 }
 
 function readGenerationDefaults(json: unknown, config: LlamaConfig): GenerationDefaults {
