@@ -5,7 +5,10 @@
  * attention, SwiGLU MLP, tied or untied lm_head. It shares nothing with the ONNX code.
  *
  * Every linear layer goes through `linear(x, module)`, named like the PEFT target modules
- * (`model.layers.0.self_attn.q_proj`, ..., `lm_head`), so adapter branches go in one place.
+ * (`model.layers.0.self_attn.q_proj`, ..., `lm_head`), and every token's input embedding through
+ * `embed(token)`, so adapter branches go in one place (see ./peft.ts). `forwardEmbeddings` feeds
+ * vectors instead of token ids (virtual tokens) and `prefill` puts given keys and values at the
+ * start of the cache (a prefix).
  */
 import { InvalidInputError, ModelFormatError } from '../errors.js';
 import type { Checkpoint, LlamaConfig } from '../formats/checkpoint.js';
@@ -57,18 +60,37 @@ export class ReferenceSession {
 
   /** Appends tokens after the cached ones and returns the logits of each. */
   forward(tokens: readonly number[], positions?: readonly number[]): Float64Array[] {
+    const pos = positions ?? tokens.map((_, i) => this.length + i);
+    checkTokens(this.config, tokens);
+    checkPositions(tokens.length, pos);
+    return this.forwardEmbeddings(
+      tokens.map((t) => this.embed(t)),
+      pos,
+    );
+  }
+
+  /**
+   * Appends inputs given as embeddings (`hidden_size` numbers each, the vectors `embed_tokens` would
+   * give) after the cached ones and returns the logits of each: Hugging Face's `inputs_embeds`.
+   */
+  forwardEmbeddings(embeddings: readonly ArrayLike<number>[], positions?: readonly number[]): Float64Array[] {
     const c = this.config;
     const hd = headDim(c);
     const nRep = c.num_attention_heads / c.num_key_value_heads;
     const start = this.length;
-    const pos = positions ?? tokens.map((_, i) => start + i);
-    checkInputs(c, tokens, pos);
-    const embed = this.weight('model.embed_tokens');
+    const pos = positions ?? embeddings.map((_, i) => start + i);
+    embeddings.forEach((e, i) => {
+      if (e.length !== c.hidden_size)
+        throw new InvalidInputError(
+          'embeddings',
+          `embeddings[${i}]`,
+          `has ${e.length} numbers, expected hidden_size ${c.hidden_size}`,
+        );
+    });
+    checkPositions(embeddings.length, pos);
 
     // The residual stream of every new token, starting from its embedding.
-    const xs = tokens.map((t) =>
-      Float64Array.from(embed.subarray(t * c.hidden_size, (t + 1) * c.hidden_size)),
-    );
+    const xs = embeddings.map((e) => Float64Array.from(e));
 
     for (let l = 0; l < c.num_hidden_layers; l++) {
       const p = `model.layers.${l}`;
@@ -117,6 +139,56 @@ export class ReferenceSession {
     return xs.map((x) => this.linear(rmsNorm(x, this.weight('model.norm'), c.rms_norm_eps), 'lm_head'));
   }
 
+  /**
+   * Appends keys and values to the cache as they are, without running the model: `keys[layer][t]`
+   * and `values[layer][t]` hold `num_key_value_heads * head_dim` numbers (keys already rotated, if
+   * at all). This is how a prefilled `past_key_values` (PEFT's prefix tuning) enters the cache.
+   */
+  prefill(
+    keys: readonly (readonly ArrayLike<number>[])[],
+    values: readonly (readonly ArrayLike<number>[])[],
+  ): void {
+    const c = this.config;
+    const width = c.num_key_value_heads * headDim(c);
+    const n = keys[0]?.length ?? 0;
+    for (const [name, kv] of [
+      ['keys', keys],
+      ['values', values],
+    ] as const) {
+      if (kv.length !== c.num_hidden_layers)
+        throw new InvalidInputError(name, undefined, `${kv.length} layers, expected ${c.num_hidden_layers}`);
+      kv.forEach((rows, l) => {
+        if (rows.length !== n)
+          throw new InvalidInputError(name, `${name}[${l}]`, `${rows.length} entries, expected ${n}`);
+        rows.forEach((row, t) => {
+          if (row.length !== width)
+            throw new InvalidInputError(
+              name,
+              `${name}[${l}][${t}]`,
+              `has ${row.length} numbers, expected ${width}`,
+            );
+        });
+      });
+    }
+    for (let l = 0; l < c.num_hidden_layers; l++) {
+      for (let t = 0; t < n; t++) {
+        this.keys[l].push(Float64Array.from(keys[l][t]));
+        this.values[l].push(Float64Array.from(values[l][t]));
+      }
+    }
+  }
+
+  /** The cached keys (after RoPE) and values of one layer, oldest first. */
+  cached(layer: number): { keys: readonly Float64Array[]; values: readonly Float64Array[] } {
+    return { keys: this.keys[layer], values: this.values[layer] };
+  }
+
+  /** The input embedding of a token: its row of `model.embed_tokens`. */
+  protected embed(token: number): Float64Array {
+    const d = this.config.hidden_size;
+    return Float64Array.from(this.weight('model.embed_tokens').subarray(token * d, (token + 1) * d));
+  }
+
   /** y = W x for the linear module `module` (W is [out, in], Hugging Face layout). */
   protected linear(x: Float64Array, module: string): Float64Array {
     const w = this.weight(module);
@@ -130,8 +202,8 @@ export class ReferenceSession {
     return y;
   }
 
-  /** The weight of a module; a tied lm_head is the embedding. */
-  private weight(module: string): Float32Array {
+  /** The weight of a module ([out, in] for a linear one); a tied lm_head is the embedding. */
+  protected weight(module: string): Float32Array {
     const name =
       module === 'lm_head' && this.config.tie_word_embeddings
         ? 'model.embed_tokens.weight'
@@ -214,7 +286,7 @@ function checkConfig(ckpt: Checkpoint): LlamaConfig {
   return c;
 }
 
-function checkInputs(c: LlamaConfig, tokens: readonly number[], positions: readonly number[]): void {
+function checkTokens(c: LlamaConfig, tokens: readonly number[]): void {
   tokens.forEach((t, i) => {
     if (!Number.isInteger(t) || t < 0 || t >= c.vocab_size) {
       throw new InvalidInputError(
@@ -224,12 +296,11 @@ function checkInputs(c: LlamaConfig, tokens: readonly number[], positions: reado
       );
     }
   });
-  if (positions.length !== tokens.length) {
-    throw new InvalidInputError(
-      'positions',
-      undefined,
-      `${positions.length} positions for ${tokens.length} tokens`,
-    );
+}
+
+function checkPositions(count: number, positions: readonly number[]): void {
+  if (positions.length !== count) {
+    throw new InvalidInputError('positions', undefined, `${positions.length} positions for ${count} tokens`);
   }
   positions.forEach((p, i) => {
     if (!Number.isInteger(p) || p < 0)
