@@ -126,3 +126,14 @@ describe('parseLlama2cCheckpoint', () => {
     expect(bad(TINY, 136).message).toMatch(/vocab_size 2.*implies 540 bytes, the file has 572/);
   });
 });
+
+describe('parseLlama2cCheckpoint input types', () => {
+  it('a Node Buffer (a view into a shared pool) parses to the same tensors as a plain Uint8Array', () => {
+    const buffer = readFileSync(fixture('llama2c/stories260K.bin'));
+    const pooled = Buffer.concat([Buffer.alloc(13), buffer]).subarray(13);
+    const a = parseLlama2cCheckpoint(pooled);
+    const b = parseLlama2cCheckpoint(new Uint8Array(buffer));
+    for (const [name, t] of b.tensors)
+      expect(Array.from(a.tensors.get(name)!.data)).toEqual(Array.from(t.data));
+  });
+});

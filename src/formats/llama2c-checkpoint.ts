@@ -91,7 +91,8 @@ export function parseLlama2cCheckpoint(bytes: Uint8Array, file = 'checkpoint.bin
   // on every platform this runs on); each per-layer block is split into one tensor per layer.
   let offset = HEADER_BYTES;
   const take = (count: number): Float32Array => {
-    const data = new Float32Array(bytes.slice(offset, offset + count * 4).buffer);
+    // Uint8Array.prototype.slice copies (Buffer#slice would return a view of a shared pool).
+    const data = new Float32Array(Uint8Array.prototype.slice.call(bytes, offset, offset + count * 4).buffer);
     offset += count * 4;
     return data;
   };
