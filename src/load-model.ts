@@ -1,30 +1,60 @@
 /**
- * Loading a model folder into a ready LanguageModel: read and validate the files (formats/), create
- * the onnxruntime session (engine/).
+ * Loading a model folder into a ready LanguageModel: read and validate the files (formats/), patch
+ * the graph with adapter slots once (graph/), create the onnxruntime session (engine/).
  */
 import { loadBackend, type BackendOptions } from './engine/backend.js';
 import { DecoderSession } from './engine/decoder-session.js';
 import { LanguageModel } from './engine/language-model.js';
 import { urlSource, type FileSource } from './formats/files.js';
 import { readModelFolder } from './formats/model-folder.js';
+import { decodeModel, encodeModel, internalizeData } from './formats/onnx/index.js';
+import { addAdapterSlots, type SlotOptions } from './graph/adapter-slots.js';
+import { graphBaseModel } from './graph/base-weights.js';
+import type { BaseModel } from './methods/feeds.js';
 
-export type LoadModelOptions = BackendOptions;
+export interface LoadModelOptions extends BackendOptions {
+  /** Adapter slots to patch into the graph (default: all of them); `false` loads the bare base. */
+  slots?: SlotOptions | false;
+}
 
-/**
- * `source` is a FileSource, a URL (http:, https:, file: in browsers) or, in Node, a folder path.
- */
+export interface LoadedModel {
+  model: LanguageModel;
+  /** The base weights, for adapter methods that read them (DoRA). */
+  base: BaseModel;
+}
+
+/** `source` is a FileSource, a URL (http:, https:, file: in browsers) or, in Node, a folder path. */
 export async function loadModel(
   source: string | URL | FileSource,
   options: LoadModelOptions = {},
 ): Promise<LanguageModel> {
+  return (await loadModelWithBase(source, options)).model;
+}
+
+export async function loadModelWithBase(
+  source: string | URL | FileSource,
+  options: LoadModelOptions = {},
+): Promise<LoadedModel> {
   const files = typeof source === 'object' && 'read' in source ? source : await resolveSource(source);
   const folder = await readModelFolder(files);
+  const file = `${folder.label}/${folder.onnxFile}`;
+  const graph = decodeModel(folder.onnx, file);
+  const patched = options.slots === false ? undefined : addAdapterSlots(graph, options.slots);
   const backend = await loadBackend(options);
-  const session = await DecoderSession.create(backend, folder.onnx, folder.config, {
-    externalData: folder.externalData,
-    file: `${folder.label}/${folder.onnxFile}`,
-  });
-  return new LanguageModel(folder.config, folder.tokenizer, session, backend.name, folder.generation);
+  const session = await DecoderSession.create(
+    backend,
+    patched ? encodeModel(patched.model) : folder.onnx,
+    folder.config,
+    {
+      externalData: folder.externalData,
+      file,
+      slots: patched?.layout,
+    },
+  );
+  const external = new Map(folder.externalData.map((f) => [f.path, f.data]));
+  const weights = external.size ? internalizeData(graph, (location) => external.get(location), file) : graph;
+  const model = new LanguageModel(folder.config, folder.tokenizer, session, backend.name, folder.generation);
+  return { model, base: graphBaseModel(weights, folder.config, file) };
 }
 
 async function resolveSource(source: string | URL): Promise<FileSource> {

@@ -7,6 +7,9 @@ import type * as ort from 'onnxruntime-web';
 import type { Backend } from './backend.js';
 import { headDim, type LlamaConfig } from '../formats/checkpoint.js';
 import { InvalidInputError, ModelFormatError } from '../errors.js';
+import type { SlotLayout } from '../graph/adapter-slots.js';
+import type { AdapterFeeds } from '../methods/feeds.js';
+import { slotTensors } from './slot-feeds.js';
 
 /** The keys and values of every layer for the tokens seen so far (batch 1). */
 export interface KvCache {
@@ -21,19 +24,34 @@ export interface ExternalDataFile {
   data: Uint8Array;
 }
 
+/** The active adapter as the session feeds it; a request keeps the one it started with. */
+export interface Conditioning {
+  slots: Record<string, ort.Tensor>;
+  /** Virtual token ids (prompt tuning, P-tuning), run before the prompt. */
+  virtualTokens: number[];
+  /** Prefix tuning: the cache every request starts from. */
+  prefix?: KvCache;
+}
+
 export class DecoderSession {
+  private conditioning: Conditioning;
+
   private constructor(
     private readonly backend: Backend,
     private readonly session: ort.InferenceSession,
     readonly config: LlamaConfig,
     private readonly pastNames: string[],
-  ) {}
+    /** The adapter slots of the graph, when it was patched with them. */
+    readonly slots: SlotLayout | undefined,
+  ) {
+    this.conditioning = { slots: slots ? slotTensors(backend.ort, slots) : {}, virtualTokens: [] };
+  }
 
   static async create(
     backend: Backend,
     model: Uint8Array,
     config: LlamaConfig,
-    options: { externalData?: ExternalDataFile[]; file?: string } = {},
+    options: { externalData?: ExternalDataFile[]; file?: string; slots?: SlotLayout } = {},
   ): Promise<DecoderSession> {
     const file = options.file ?? 'model.onnx';
     const sessionOptions: ort.InferenceSession.SessionOptions = { ...backend.sessionOptions };
@@ -70,7 +88,41 @@ export class DecoderSession {
         pastNames.push(name);
       }
     }
-    return new DecoderSession(backend, session, config, pastNames);
+    return new DecoderSession(backend, session, config, pastNames, options.slots);
+  }
+
+  /**
+   * Makes `feeds` the active adapter (undefined = the base) from the next forward on. Everything is
+   * built before anything changes: on an error the previous adapter stays active.
+   */
+  setAdapter(feeds: AdapterFeeds | undefined): void {
+    if (feeds && !this.slots) {
+      throw new InvalidInputError('adapter', undefined, 'this model was loaded without adapter slots');
+    }
+    const slots = this.slots ? slotTensors(this.backend.ort, this.slots, feeds) : {};
+    const virtualTokens = Array.from({ length: feeds?.prompt?.tokens ?? 0 }, (_, k) => this.config.vocab_size + k);
+    let prefix: KvCache | undefined;
+    if (feeds?.prefix) {
+      const { tokens, keys, values } = feeds.prefix;
+      const shape = [1, this.config.num_key_value_heads, tokens, headDim(this.config)];
+      const tensors = new Map<string, ort.Tensor>();
+      for (let i = 0; i < this.config.num_hidden_layers; i++) {
+        tensors.set(`past_key_values.${i}.key`, new this.backend.ort.Tensor('float32', keys[i], shape));
+        tensors.set(`past_key_values.${i}.value`, new this.backend.ort.Tensor('float32', values[i], shape));
+      }
+      prefix = { length: tokens, tensors };
+    }
+    this.conditioning = { slots, virtualTokens, prefix };
+  }
+
+  /** The active adapter, for a request to keep using until it ends. */
+  get active(): Conditioning {
+    return this.conditioning;
+  }
+
+  /** The cache a request starts from: empty, or the prefix of `conditioning` (prefix tuning). */
+  startCache(conditioning: Conditioning = this.conditioning): KvCache {
+    return conditioning.prefix ?? this.emptyCache();
   }
 
   emptyCache(): KvCache {
@@ -89,11 +141,14 @@ export class DecoderSession {
   async forward(
     tokens: readonly number[],
     cache: KvCache,
+    conditioning: Conditioning = this.conditioning,
   ): Promise<{ logits: Float32Array; cache: KvCache }> {
     const { vocab_size: vocab, max_position_embeddings: context } = this.config;
+    const { slots, virtualTokens } = conditioning;
     if (tokens.length === 0) throw new InvalidInputError('tokens', undefined, 'no tokens to run');
+    const limit = vocab + virtualTokens.length;
     tokens.forEach((t, i) => {
-      if (!Number.isInteger(t) || t < 0 || t >= vocab) {
+      if (!Number.isInteger(t) || t < 0 || t >= limit) {
         throw new InvalidInputError(
           'tokens',
           `[${i}]`,
@@ -119,6 +174,7 @@ export class DecoderSession {
       feeds.position_ids = new Tensor('int64', positions, [1, tokens.length]);
     }
     for (const [name, tensor] of cache.tensors) feeds[name] = tensor;
+    Object.assign(feeds, slots);
 
     const out = await this.session.run(feeds);
     const next = new Map<string, ort.Tensor>();

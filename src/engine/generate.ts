@@ -44,10 +44,12 @@ export async function* generateTokens(
   const tokens = [...prompt];
   options.signal?.throwIfAborted();
 
-  let cache: KvCache = session.emptyCache();
-  let input: readonly number[] = prompt;
+  // The adapter active now serves the whole request, even if another is activated meanwhile.
+  const adapter = session.active;
+  let cache: KvCache = session.startCache(adapter);
+  let input: readonly number[] = [...adapter.virtualTokens, ...prompt];
   for (let generated = 0; generated < maxTokens; generated++) {
-    const step = await session.forward(input, cache);
+    const step = await session.forward(input, cache, adapter);
     options.signal?.throwIfAborted();
     cache = step.cache;
     const vocab = session.config.vocab_size;

@@ -27,11 +27,14 @@ export class LanguageModel {
   /** Text to token ids, with BOS as the model expects; token arrays pass through unchanged. */
   encode(prompt: string | readonly number[]): number[] {
     const tokens = typeof prompt === 'string' ? this.tokenizer.encode(prompt, { bos: true }) : [...prompt];
-    if (tokens.length >= this.config.max_position_embeddings) {
+    const { active } = this.session;
+    const adapterTokens = active.virtualTokens.length + (active.prefix?.length ?? 0);
+    if (adapterTokens + tokens.length >= this.config.max_position_embeddings) {
+      const adapter = adapterTokens ? ` (and ${adapterTokens} virtual tokens of the active adapter)` : '';
       throw new InvalidInputError(
         'prompt',
         undefined,
-        `${tokens.length} tokens leave no room to generate in a context of ${this.config.max_position_embeddings}`,
+        `${tokens.length} tokens${adapter} leave no room to generate in a context of ${this.config.max_position_embeddings}`,
       );
     }
     return tokens;
@@ -61,11 +64,17 @@ export class LanguageModel {
     return { text, tokens, finishReason };
   }
 
-  /** Logits of every position for one forward pass over `tokens` from an empty cache. */
+  /**
+   * Logits of every position of `tokens` for one forward pass from the start of a request, with the
+   * active adapter (its virtual tokens, if any, run first and get no rows here).
+   */
   async logits(tokens: readonly number[]): Promise<Float32Array[]> {
-    const { logits } = await this.session.forward(tokens, this.session.emptyCache());
+    const adapter = this.session.active;
+    const virtual = adapter.virtualTokens;
+    const { logits } = await this.session.forward([...virtual, ...tokens], this.session.startCache(adapter), adapter);
     const vocab = this.config.vocab_size;
-    return tokens.map((_, i) => logits.slice(i * vocab, (i + 1) * vocab));
+    const skip = virtual.length;
+    return tokens.map((_, i) => logits.slice((skip + i) * vocab, (skip + i + 1) * vocab));
   }
 
   async release(): Promise<void> {

@@ -1,0 +1,80 @@
+/**
+ * AdapterFeeds (methods/) -> onnxruntime tensors for the packed slot inputs of the patched graph
+ * (graph/adapter-slots.ts). Built once per activation and reused for every run until the next one.
+ */
+import type * as ort from 'onnxruntime-web';
+import type { OrtApi } from './backend.js';
+import type { SlotLayout } from '../graph/adapter-slots.js';
+import type { AdapterFeeds } from '../methods/feeds.js';
+import { IncompatibleAdapterError } from '../errors.js';
+
+/** The feeds for `layout` with `feeds` active (or the exact base when undefined). */
+export function slotTensors(
+  ortApi: OrtApi,
+  layout: SlotLayout,
+  feeds?: AdapterFeeds,
+): Record<string, ort.Tensor> {
+  const { Tensor } = ortApi;
+  const out: Record<string, ort.Tensor> = {};
+  const placed = new Set<string>();
+  for (const g of layout.groups) {
+    const n = g.modules.length;
+    const rank = Math.max(0, ...g.modules.map((m) => feeds?.modules.get(m)?.rank ?? 0));
+    const a = new Float32Array(n * g.in * rank);
+    const b = new Float32Array(n * rank * g.out);
+    const scaleIn = g.scaleIn ? new Float32Array(n * g.in).fill(1) : undefined;
+    const scaleOut = g.scaleOut ? new Float32Array(n * g.out).fill(1) : undefined;
+    g.modules.forEach((module, k) => {
+      const f = feeds?.modules.get(module);
+      if (!f) return;
+      placed.add(module);
+      // A [in, r] into row k of [n, in, rank] (zero-padded columns); B [r, out] into [n, rank, out].
+      for (let i = 0; i < g.in; i++) a.set(f.a.subarray(i * f.rank, (i + 1) * f.rank), (k * g.in + i) * rank);
+      b.set(f.b, k * rank * g.out);
+      if (f.scaleIn) {
+        if (!scaleIn) throw unsupportedScale(module, 'input', 'inputScales');
+        scaleIn.set(f.scaleIn, k * g.in);
+      }
+      if (f.scaleOut) {
+        if (!scaleOut) throw unsupportedScale(module, 'output', 'outputScales');
+        scaleOut.set(f.scaleOut, k * g.out);
+      }
+    });
+    out[g.a] = new Tensor('float32', a, [n, g.in, rank]);
+    out[g.b] = new Tensor('float32', b, [n, rank, g.out]);
+    if (g.scaleIn && scaleIn) out[g.scaleIn] = new Tensor('float32', scaleIn, [n, g.in]);
+    if (g.scaleOut && scaleOut) out[g.scaleOut] = new Tensor('float32', scaleOut, [n, g.out]);
+  }
+  for (const module of feeds?.modules.keys() ?? []) {
+    if (!placed.has(module)) {
+      throw new IncompatibleAdapterError(
+        'adapter',
+        module,
+        'the loaded graph has no adapter slot for this module',
+      );
+    }
+  }
+  if (layout.prompt) {
+    const { hidden, input } = layout.prompt;
+    const prompt = feeds?.prompt;
+    const rows = Math.max(1, prompt?.tokens ?? 0);
+    const data = new Float32Array(rows * hidden);
+    if (prompt) data.set(prompt.embeddings);
+    out[input] = new Tensor('float32', data, [rows, hidden]);
+  } else if (feeds?.prompt) {
+    throw new IncompatibleAdapterError(
+      'adapter',
+      'prompt_embeddings',
+      'the loaded graph has no prompt slot (slots.prompt is off)',
+    );
+  }
+  return out;
+}
+
+function unsupportedScale(module: string, side: string, option: string): IncompatibleAdapterError {
+  return new IncompatibleAdapterError(
+    'adapter',
+    module,
+    `needs an ${side} scale on this module, and the graph was patched without one (slot option ${option})`,
+  );
+}

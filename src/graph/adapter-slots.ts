@@ -1,0 +1,245 @@
+/**
+ * Adapter slots: the base decoder graph patched once so that any adapter is a set of input feeds.
+ *
+ * Every linear module m (one MatMul `y = x · Wᵀ` whose weight is an initializer) becomes
+ *
+ *   y = ((x ⊙ scale_in[m]) · Wᵀ) ⊙ scale_out[m]  +  (x · A[m]) · B[m]
+ *
+ *   A[m]  [in, r]   r = 0 gives the exact base output
+ *   B[m]  [r, out]  LoRA scaling and blend weights are folded in by methods/
+ *   scale_in[m]  [in]   IA3 on feedforward modules; ones = off
+ *   scale_out[m] [out]  IA3 on other modules, DoRA's magnitude / norm; ones = off
+ *
+ * Scaling only the base path keeps every method one formula: LoRA is scale 1 plus a branch; DoRA is
+ * s = m / ||W + ΔW|| on the base and the branch ΔW with B's columns scaled by s; IA3 is a scale and no
+ * branch; a blend is a product of scales plus concatenated branches.
+ *
+ * Inputs are packed by module kind, because onnxruntime-web pays a fixed cost per graph input on
+ * every run (about 5-15 µs; 840 separate slot inputs cost SmolLM2-135M more than half its decode
+ * time). All modules of one kind (`self_attn.q_proj` of every layer, ...) share one input per slot:
+ *
+ *   lora_A.{kind}    [modules, in, rank]     lora_B.{kind}    [modules, rank, out]
+ *   scale_in.{kind}  [modules, in]           scale_out.{kind} [modules, out]
+ *
+ * and each module gathers its row. The rank is shared within a kind (shorter ranks are zero-padded,
+ * which changes nothing).
+ *
+ * The token embedding gets a prompt slot: token ids >= vocab_size are virtual tokens that look up
+ * `prompt_embeddings` [rows, hidden] (row id - vocab_size) instead of the embedding table. Prompt
+ * tuning and P-tuning feed their embeddings there and put the virtual ids before the prompt; sequence
+ * length, positions and masks need no other change. The input always holds at least one row (a zero
+ * row when no prompt adapter is active) so the lookup stays valid.
+ *
+ * Prefix tuning needs no slot: its keys and values are the start of the KV cache.
+ */
+import { create } from '@bufbuild/protobuf';
+import { ModelFormatError } from '../errors.js';
+import {
+  NodeProtoSchema,
+  TensorProtoSchema,
+  TensorProto_DataType as DataType,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+  type ValueInfoProto,
+} from '../formats/onnx/onnx_pb.js';
+import { withFields } from '../formats/onnx/index.js';
+import { linearNodes } from './llama.js';
+import { valueInfo } from './builder.js';
+
+export interface SlotOptions {
+  /** Modules that get a slot (HF names); default every linear module of the graph. */
+  modules?: readonly string[];
+  /** scale_out inputs (IA3 on outputs, DoRA). Default true. */
+  outputScales?: boolean;
+  /**
+   * Which modules get scale_in (IA3 on feedforward modules): 'feedforward' (default) = the
+   * `mlp.down_proj` modules, PEFT's feedforward module for Llama; 'all'; or 'none'.
+   */
+  inputScales?: 'feedforward' | 'all' | 'none';
+  /** The prompt-embedding slot (prompt tuning, P-tuning). Default true. */
+  prompt?: boolean;
+}
+
+/** One module kind: its inputs and the modules (in row order) that read them. */
+export interface SlotGroup {
+  /** `self_attn.q_proj`, `mlp.down_proj`, `lm_head`, ... */
+  kind: string;
+  in: number;
+  out: number;
+  /** HF module names; row k of every input of the group belongs to modules[k]. */
+  modules: string[];
+  a: string;
+  b: string;
+  scaleIn?: string;
+  scaleOut?: string;
+}
+
+export interface SlotLayout {
+  groups: SlotGroup[];
+  /** `prompt_embeddings` [rows, hidden] when the prompt slot exists. */
+  prompt?: { input: string; vocabSize: number; hidden: number };
+}
+
+export const PROMPT_EMBEDDINGS = 'prompt_embeddings';
+
+const FEEDFORWARD = /(^|\.)mlp\.down_proj$/;
+
+/** The kind of a module: its name without `model.layers.{i}.` (`model.layers.3.mlp.up_proj` -> `mlp.up_proj`). */
+export function moduleKind(module: string): string {
+  return module.replace(/^model\.layers\.\d+\./, '');
+}
+
+/** Returns a patched copy of `model` (the weights are shared, not copied) and its slot layout. */
+export function addAdapterSlots(
+  model: ModelProto,
+  options: SlotOptions = {},
+): { model: ModelProto; layout: SlotLayout } {
+  const source = model.graph;
+  if (!source) throw new ModelFormatError('model.onnx', 'graph', 'the model has no graph');
+  const graph = withFields(source, { initializer: [...source.initializer] });
+  const initializers = new Map(graph.initializer.map((t) => [t.name, t]));
+  const wanted = options.modules ? new Set(options.modules) : undefined;
+  const inputScales = options.inputScales ?? 'feedforward';
+  const patches = new Map<NodeProto, NodeProto[]>();
+  const newInputs: ValueInfoProto[] = [];
+  const groups = new Map<string, SlotGroup>();
+  const node = (opType: string, name: string, input: string[]) =>
+    create(NodeProtoSchema, { opType, name, input, output: [`${name}_output_0`] });
+  const rowIndex = (k: number) => {
+    const name = `/adapter_slots/row_${k}`;
+    if (!initializers.has(name)) {
+      const t = int64Tensor(name, [k], []);
+      initializers.set(name, t);
+      graph.initializer.push(t);
+    }
+    return name;
+  };
+
+  for (const { module, node: matmul } of linearNodes(model)) {
+    if (wanted && !wanted.has(module)) continue;
+    const weight = initializers.get(matmul.input[1]);
+    if (!weight || weight.dims.length !== 2) {
+      throw new ModelFormatError('model.onnx', matmul.name, `linear ${module} has no 2-D weight initializer`);
+    }
+    const [inF, outF] = weight.dims.map(Number);
+    const kind = moduleKind(module);
+    let group = groups.get(kind);
+    if (!group) {
+      group = { kind, in: inF, out: outF, modules: [], a: `lora_A.${kind}`, b: `lora_B.${kind}` };
+      if (options.outputScales ?? true) group.scaleOut = `scale_out.${kind}`;
+      if (inputScales === 'all' || (inputScales === 'feedforward' && FEEDFORWARD.test(module))) {
+        group.scaleIn = `scale_in.${kind}`;
+      }
+      groups.set(kind, group);
+    } else if (group.in !== inF || group.out !== outF) {
+      throw new ModelFormatError(
+        'model.onnx',
+        matmul.name,
+        `${module} is [${inF}, ${outF}], other ${kind} are [${group.in}, ${group.out}]`,
+      );
+    }
+    const row = rowIndex(group.modules.length);
+    group.modules.push(module);
+
+    const x = matmul.input[0];
+    const p = matmul.name.replace(/\/MatMul$/, '');
+    const nodes: NodeProto[] = [];
+    let input = x;
+    if (group.scaleIn) {
+      const s = node('Gather', `${p}/scale_in/Gather`, [group.scaleIn, row]);
+      const m = node('Mul', `${p}/scale_in/Mul`, [x, s.output[0]]);
+      nodes.push(s, m);
+      input = m.output[0];
+    }
+    const base = withFields(matmul, { input: [input, matmul.input[1]], output: [`${p}/base_output_0`] });
+    nodes.push(base);
+    let scaled = base.output[0];
+    if (group.scaleOut) {
+      const s = node('Gather', `${p}/scale_out/Gather`, [group.scaleOut, row]);
+      const m = node('Mul', `${p}/scale_out/Mul`, [scaled, s.output[0]]);
+      nodes.push(s, m);
+      scaled = m.output[0];
+    }
+    const a = node('Gather', `${p}/lora_A/Gather`, [group.a, row]);
+    const b = node('Gather', `${p}/lora_B/Gather`, [group.b, row]);
+    const xa = node('MatMul', `${p}/lora_A/MatMul`, [x, a.output[0]]);
+    const xab = node('MatMul', `${p}/lora_B/MatMul`, [xa.output[0], b.output[0]]);
+    const sum = create(NodeProtoSchema, {
+      opType: 'Add',
+      name: `${p}/lora/Add`,
+      input: [scaled, xab.output[0]],
+      output: [matmul.output[0]],
+    });
+    nodes.push(a, b, xa, xab, sum);
+    patches.set(matmul, nodes);
+  }
+  if (wanted) {
+    const found = new Set([...groups.values()].flatMap((g) => g.modules));
+    const missing = [...wanted].filter((m) => !found.has(m));
+    if (missing.length) {
+      throw new ModelFormatError(
+        'model.onnx',
+        missing[0],
+        'no linear layer with this module name in the graph',
+      );
+    }
+  }
+  for (const g of groups.values()) {
+    const n = g.modules.length;
+    const rank = `lora_rank.${g.kind}`;
+    newInputs.push(valueInfo(g.a, 'float32', [n, g.in, rank]), valueInfo(g.b, 'float32', [n, rank, g.out]));
+    if (g.scaleIn) newInputs.push(valueInfo(g.scaleIn, 'float32', [n, g.in]));
+    if (g.scaleOut) newInputs.push(valueInfo(g.scaleOut, 'float32', [n, g.out]));
+  }
+
+  const layout: SlotLayout = { groups: [...groups.values()] };
+  if (options.prompt ?? true) {
+    const gather = graph.node.find((n) => n.opType === 'Gather' && n.name === '/model/embed_tokens/Gather');
+    const table = gather && initializers.get(gather.input[0]);
+    if (!gather || !table || table.dims.length !== 2) {
+      throw new ModelFormatError(
+        'model.onnx',
+        '/model/embed_tokens/Gather',
+        'no token-embedding Gather over a 2-D table',
+      );
+    }
+    const [vocab, hidden] = table.dims.map(Number);
+    const p = '/model/embed_tokens/prompt';
+    graph.initializer.push(
+      int64Tensor(`${p}/vocab_last`, [vocab - 1], []),
+      int64Tensor(`${p}/vocab`, [vocab], []),
+      int64Tensor(`${p}/zero`, [0], []),
+      int64Tensor(`${p}/axes`, [-1]),
+    );
+    newInputs.push(valueInfo(PROMPT_EMBEDDINGS, 'float32', ['prompt_rows', hidden]));
+    const ids = gather.input[1];
+    const tokenIds = node('Min', `${p}/Min`, [ids, `${p}/vocab_last`]);
+    const shifted = node('Sub', `${p}/Sub`, [ids, `${p}/vocab`]);
+    const virtualIds = node('Max', `${p}/Max`, [shifted.output[0], `${p}/zero`]);
+    const isVirtual = node('GreaterOrEqual', `${p}/GreaterOrEqual`, [ids, `${p}/vocab`]);
+    const tokens = withFields(gather, {
+      input: [gather.input[0], tokenIds.output[0]],
+      output: [`${p}/token_output_0`],
+    });
+    const prompts = node('Gather', `${p}/Gather`, [PROMPT_EMBEDDINGS, virtualIds.output[0]]);
+    const where = node('Unsqueeze', `${p}/Unsqueeze`, [isVirtual.output[0], `${p}/axes`]);
+    const select = create(NodeProtoSchema, {
+      opType: 'Where',
+      name: `${p}/Where`,
+      input: [where.output[0], prompts.output[0], tokens.output[0]],
+      output: [gather.output[0]],
+    });
+    patches.set(gather, [tokenIds, shifted, virtualIds, isVirtual, tokens, prompts, where, select]);
+    layout.prompt = { input: PROMPT_EMBEDDINGS, vocabSize: vocab, hidden };
+  }
+
+  const nodes = graph.node.flatMap((n) => patches.get(n) ?? [n]);
+  const patched = withFields(graph, { node: nodes, input: [...graph.input, ...newInputs] });
+  return { model: withFields(model, { graph: patched }), layout };
+}
+
+function int64Tensor(name: string, values: number[], dims: number[] = [values.length]): TensorProto {
+  const rawData = new Uint8Array(new BigInt64Array(values.map(BigInt)).buffer);
+  return create(TensorProtoSchema, { name, dims: dims.map(BigInt), dataType: DataType.INT64, rawData });
+}
