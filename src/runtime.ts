@@ -1,0 +1,212 @@
+/**
+ * The one object an app talks to: a base model, its adapters, generation.
+ *
+ *   const rt = await Runtime.create({ model: 'models/stories260K' });
+ *   await rt.adapters.add('pirate', 'adapters/pirate');          // a PEFT folder, URL or bytes
+ *   await rt.adapters.activate('pirate');                        // or [{ id, weight }, ...]
+ *   for await (const chunk of rt.generate('Once upon a time')) ...
+ *
+ * Switching adapters feeds other tensors to the same session: no rebuild. A change applies from the
+ * next request; a request in flight keeps the adapter it started with. An adapter that fails to
+ * load or activate leaves the previous one active.
+ */
+import type { FileSource } from './formats/files.js';
+import { urlSource } from './formats/files.js';
+import { type FinishReason, type GenerateOptions, type GenerationChunk } from './engine/generate.js';
+import type { Completion, LanguageModel } from './engine/language-model.js';
+import { loadModelWithBase, type LoadModelOptions } from './load-model.js';
+import {
+  checkAdapterAgainstBase,
+  parsePeftAdapter,
+  serializePeftAdapter,
+  type PeftAdapter,
+} from './formats/peft-adapter.js';
+import { adapterFeeds } from './methods/combine.js';
+import type { BaseModel } from './methods/feeds.js';
+import { AdapterFormatError, InvalidInputError } from './errors.js';
+
+export interface RuntimeOptions extends LoadModelOptions {
+  /** A model folder: path (Node), URL, or FileSource. */
+  model: string | URL | FileSource;
+}
+
+/** Where an adapter comes from: a PEFT folder (path in Node, URL, FileSource) or its two files' bytes. */
+export type AdapterSource =
+  string | URL | FileSource | { config: Uint8Array | object; weights: Uint8Array } | PeftAdapter;
+
+export interface AdapterInfo {
+  id: string;
+  /** PEFT `peft_type` (LORA, ADALORA, IA3, PREFIX_TUNING, PROMPT_TUNING, P_TUNING). */
+  peftType: string;
+  /** LoRA variants: 'dora', 'rslora'. */
+  variant?: string;
+  /** Bytes of adapter_model.safetensors. */
+  bytes: number;
+  /** Blend weight when active. */
+  weight?: number;
+  active: boolean;
+}
+
+export interface ActiveSpec {
+  id: string;
+  weight?: number;
+}
+
+export class AdapterRegistry {
+  private readonly loaded = new Map<string, PeftAdapter>();
+  private current: ActiveSpec[] = [];
+
+  constructor(
+    private readonly model: LanguageModel,
+    private readonly base: BaseModel,
+  ) {}
+
+  /** Loads and validates an adapter against the base. Nothing changes if it fails. */
+  async add(id: string, source: AdapterSource): Promise<AdapterInfo> {
+    if (this.loaded.has(id))
+      throw new InvalidInputError(
+        'adapters',
+        id,
+        'an adapter with this id is already added; remove it first',
+      );
+    const adapter = await readAdapter(source, id);
+    checkAdapterAgainstBase(adapter, this.base.config, id);
+    // Compute its feeds once now, so an adapter the slots cannot serve is refused here, not at activation.
+    adapterFeeds([{ adapter, weight: 1 }], this.base);
+    this.loaded.set(id, adapter);
+    return this.info(id);
+  }
+
+  /**
+   * Makes one adapter, or a weighted blend, active from the next request. Several LoRA-family
+   * adapters blend (rank concatenation, in the given order); at most one prompt-learning adapter
+   * joins them.
+   */
+  async activate(spec: string | readonly (string | ActiveSpec)[]): Promise<void> {
+    const list: ActiveSpec[] = (typeof spec === 'string' ? [spec] : spec).map((s) =>
+      typeof s === 'string' ? { id: s } : { ...s },
+    );
+    if (list.length === 0)
+      throw new InvalidInputError('activate', undefined, 'no adapter given; use deactivate()');
+    const active = list.map(({ id, weight }) => {
+      const adapter = this.loaded.get(id);
+      if (!adapter)
+        throw new InvalidInputError(
+          'activate',
+          id,
+          `no adapter with this id; added: ${[...this.loaded.keys()].join(', ') || 'none'}`,
+        );
+      return { adapter, weight: weight ?? 1 };
+    });
+    const feeds = adapterFeeds(active, this.base);
+    this.model.session.setAdapter(feeds);
+    this.current = list;
+  }
+
+  /** The base model alone from the next request. */
+  deactivate(): void {
+    this.model.session.setAdapter(undefined);
+    this.current = [];
+  }
+
+  /** The active adapters, in blend order. */
+  active(): ActiveSpec[] {
+    return this.current.map((s) => ({ ...s }));
+  }
+
+  list(): AdapterInfo[] {
+    return [...this.loaded.keys()].map((id) => this.info(id));
+  }
+
+  /** Forgets an adapter; removing an active one deactivates it (the rest of a blend stays active). */
+  async remove(id: string): Promise<void> {
+    if (!this.loaded.has(id)) throw new InvalidInputError('remove', id, 'no adapter with this id');
+    const rest = this.current.filter((s) => s.id !== id);
+    if (rest.length !== this.current.length) {
+      if (rest.length) await this.activate(rest);
+      else this.deactivate();
+    }
+    this.loaded.delete(id);
+  }
+
+  /** The adapter in PEFT format (adapter_config.json, adapter_model.safetensors), byte for byte as loaded. */
+  export(id: string): Map<string, Uint8Array> {
+    const adapter = this.loaded.get(id);
+    if (!adapter) throw new InvalidInputError('export', id, 'no adapter with this id');
+    return serializePeftAdapter(adapter);
+  }
+
+  private info(id: string): AdapterInfo {
+    const adapter = this.loaded.get(id) as PeftAdapter;
+    const config = adapter.config;
+    const spec = this.current.find((s) => s.id === id);
+    let bytes = 0;
+    for (const t of adapter.tensors.values()) bytes += t.bytes.byteLength;
+    const variant =
+      'use_dora' in config && config.use_dora
+        ? 'dora'
+        : 'use_rslora' in config && config.use_rslora
+          ? 'rslora'
+          : undefined;
+    return {
+      id,
+      peftType: config.peft_type,
+      ...(variant ? { variant } : {}),
+      bytes,
+      active: spec !== undefined,
+      ...(spec ? { weight: spec.weight ?? 1 } : {}),
+    };
+  }
+}
+
+async function readAdapter(source: AdapterSource, id: string): Promise<PeftAdapter> {
+  if (typeof source === 'object' && 'tensors' in source && 'config' in source) return source;
+  if (typeof source === 'object' && 'weights' in source) {
+    return parsePeftAdapter({ config: source.config, weights: source.weights }, id);
+  }
+  const files = typeof source === 'object' && 'read' in source ? source : await resolveFolder(source);
+  const config = await files.read('adapter_config.json');
+  const weights = await files.read('adapter_model.safetensors');
+  if (!config) throw new AdapterFormatError(`${files.label}/adapter_config.json`, undefined, 'missing');
+  if (!weights)
+    throw new AdapterFormatError(`${files.label}/adapter_model.safetensors`, undefined, 'missing');
+  return parsePeftAdapter({ config, weights }, files.label);
+}
+
+async function resolveFolder(source: string | URL): Promise<FileSource> {
+  const text = String(source);
+  if (source instanceof URL || /^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return urlSource(source);
+  const { folderSource } = await import('./formats/files-node.js');
+  return folderSource(text);
+}
+
+export class Runtime {
+  private constructor(
+    readonly model: LanguageModel,
+    readonly adapters: AdapterRegistry,
+  ) {}
+
+  static async create(options: RuntimeOptions): Promise<Runtime> {
+    const { model, base } = await loadModelWithBase(options.model, options);
+    return new Runtime(model, new AdapterRegistry(model, base));
+  }
+
+  generate(
+    prompt: string | readonly number[],
+    options?: GenerateOptions,
+  ): AsyncGenerator<GenerationChunk, FinishReason> {
+    return this.model.generate(prompt, options);
+  }
+
+  complete(prompt: string | readonly number[], options?: GenerateOptions): Promise<Completion> {
+    return this.model.complete(prompt, options);
+  }
+
+  logits(tokens: readonly number[]): Promise<Float32Array[]> {
+    return this.model.logits(tokens);
+  }
+
+  release(): Promise<void> {
+    return this.model.release();
+  }
+}
