@@ -7,6 +7,7 @@
  *   edge-adapters generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
  *                          [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]...
  *   edge-adapters logits --model DIR --tokens 1,403,407
+ *   (generate and logits take --adapter PEFT_DIR, repeatable, and --weights w1,w2,... for a blend)
  *   edge-adapters bench --model DIR [--prompt-tokens N] [--decode-tokens N]
  *
  * Common: --backend wasm|node, --threads N.
@@ -25,6 +26,7 @@ import { readHfCheckpoint } from './formats/hf-checkpoint.js';
 import { synthCheckpoint, SYNTH_SHAPES } from './formats/synth.js';
 import { folderSource } from './formats/files-node.js';
 import { loadModel } from './load-model.js';
+import { Runtime } from './runtime.js';
 import { measureThroughput } from './engine/throughput.js';
 import { EdgeAdaptersError } from './errors.js';
 import type { DecoderProfile } from './graph/llama.js';
@@ -36,7 +38,8 @@ const USAGE = `usage:
   edge-adapters synth --shape ${Object.keys(SYNTH_SHAPES).join('|')} [--seed S] --out DIR
   edge-adapters generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]
-  edge-adapters logits --model DIR --tokens 1,403,407
+                         [--adapter PEFT_DIR]... [--weights w1,w2,...]
+  edge-adapters logits --model DIR --tokens 1,403,407 [--adapter PEFT_DIR]... [--weights w1,w2,...]
   edge-adapters bench --model DIR [--prompt-tokens N] [--decode-tokens N]
 options for every command: --backend wasm|node  --threads N`;
 
@@ -55,6 +58,8 @@ const OPTIONS = {
   'repetition-penalty': { type: 'string' },
   stop: { type: 'string', multiple: true },
   tokens: { type: 'string' },
+  adapter: { type: 'string', multiple: true },
+  weights: { type: 'string' },
   backend: { type: 'string' },
   threads: { type: 'string' },
   'prompt-tokens': { type: 'string' },
@@ -183,7 +188,7 @@ export async function main(
       return;
     }
     case 'generate': {
-      const model = await loadModel(required(o.model, 'model'), backend);
+      const model = await runtimeWithAdapters(required(o.model, 'model'), backend, o.adapter, o.weights);
       const prompt = required(o.prompt, 'prompt');
       const tokens = model.encode(prompt);
       stdout(model.tokenizer.decode(tokens));
@@ -211,7 +216,7 @@ export async function main(
             throw new UsageError(`--tokens expects comma-separated integers, got "${t}"`);
           return n;
         });
-      const model = await loadModel(required(o.model, 'model'), backend);
+      const model = await runtimeWithAdapters(required(o.model, 'model'), backend, o.adapter, o.weights);
       const logits = await model.logits(tokens);
       stdout(`${JSON.stringify({ logits: logits.map((row) => Array.from(row)) })}\n`);
       await model.release();
@@ -234,6 +239,23 @@ export async function main(
     default:
       throw new UsageError(`unknown command "${command}"`);
   }
+}
+
+/** The model with the PEFT adapters of --adapter active (a blend with --weights when several). */
+async function runtimeWithAdapters(
+  model: string,
+  backend: { backend?: BackendName; threads?: number },
+  adapters: string[] = [],
+  weights?: string,
+) {
+  const list = weights?.split(',').map((w) => number(w.trim(), 'weights') as number);
+  if (list && list.length !== adapters.length) {
+    throw new UsageError(`--weights has ${list.length} values for ${adapters.length} --adapter folders`);
+  }
+  const rt = await Runtime.create({ model, ...backend, slots: adapters.length ? undefined : false });
+  for (const dir of adapters) await rt.adapters.add(dir, dir);
+  if (adapters.length) await rt.adapters.activate(adapters.map((id, i) => ({ id, weight: list?.[i] ?? 1 })));
+  return rt.model;
 }
 
 /** Runs the CLI as a process: usage errors exit 2, model and input errors exit 1 with their message. */

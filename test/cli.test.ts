@@ -8,6 +8,9 @@ import { fixture } from './fixtures.js';
 import { main } from '../src/cli.js';
 import { referenceLogits } from '../src/reference/llama.js';
 import { parseLlama2cCheckpoint } from '../src/formats/llama2c-checkpoint.js';
+import { loadAdapter, makeLoraAdapter, makePrefixTuningAdapter } from './helpers/peft-fixtures.js';
+import { referenceLogitsWithAdapters } from '../src/reference/peft.js';
+import { mkdirSync } from 'node:fs';
 
 const run = promisify(execFile);
 const BIN = path.resolve('bin/edge-adapters.js');
@@ -122,5 +125,55 @@ describe('edge-adapters CLI', () => {
     expect((tokens as { stderr: string }).stderr).toMatch(
       /InvalidInputError: tokens: \[1\]: token id 9999 is outside the vocabulary/,
     );
+  });
+
+  it('logits and generate take --adapter (repeatable) and --weights', async () => {
+    const lora = makeLoraAdapter({ seed: 3, scale: 0.1 });
+    const prefix = makePrefixTuningAdapter({ seed: 4 });
+    const dirs = [path.join(work, 'lora'), path.join(work, 'prefix')];
+    [lora, prefix].forEach((files, i) => {
+      mkdirSync(dirs[i], { recursive: true });
+      for (const [name, bytes] of files) writeFileSync(path.join(dirs[i], name), bytes);
+    });
+    const out = JSON.parse(
+      await cli([
+        'logits',
+        '--model',
+        model,
+        '--tokens',
+        '1,403,407,261',
+        '--adapter',
+        dirs[0],
+        '--adapter',
+        dirs[1],
+        '--weights',
+        '0.5,1',
+      ]),
+    );
+    const ckpt = parseLlama2cCheckpoint(new Uint8Array(readFileSync(fixture('llama2c/stories260K.bin'))));
+    const ref = referenceLogitsWithAdapters(
+      ckpt,
+      [{ adapter: loadAdapter(lora), weight: 0.5 }, { adapter: loadAdapter(prefix) }],
+      [1, 403, 407, 261],
+    );
+    for (let i = 0; i < 4; i++)
+      for (let v = 0; v < 512; v++) expect(Math.abs(out.logits[i][v] - ref[i][v])).toBeLessThan(1e-4);
+
+    const text = await cli([
+      'generate',
+      '--model',
+      model,
+      '--prompt',
+      'Once upon a time',
+      '--max-tokens',
+      '30',
+      '--adapter',
+      dirs[0],
+    ]);
+    expect(text.startsWith('Once upon a time')).toBe(true);
+    expect(text).not.toBe(golden.slice(0, text.length));
+    await expect(
+      cli(['logits', '--model', model, '--tokens', '1', '--adapter', dirs[0], '--weights', '1,2']),
+    ).rejects.toThrow(/--weights has 2 values for 1 --adapter/);
   });
 });
