@@ -129,6 +129,11 @@ export class AdapterRegistry {
     this.loaded.delete(id);
   }
 
+  /** A base weight as methods/ reads it: W [out, in] of a linear module, or `model.embed_tokens`. */
+  baseWeight(module: string): Float32Array {
+    return this.base.weight(module);
+  }
+
   /** The adapter in PEFT format (adapter_config.json, adapter_model.safetensors), byte for byte as loaded. */
   export(id: string): Map<string, Uint8Array> {
     const adapter = this.loaded.get(id);

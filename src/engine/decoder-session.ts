@@ -100,7 +100,10 @@ export class DecoderSession {
       throw new InvalidInputError('adapter', undefined, 'this model was loaded without adapter slots');
     }
     const slots = this.slots ? slotTensors(this.backend.ort, this.slots, feeds) : {};
-    const virtualTokens = Array.from({ length: feeds?.prompt?.tokens ?? 0 }, (_, k) => this.config.vocab_size + k);
+    const virtualTokens = Array.from(
+      { length: feeds?.prompt?.tokens ?? 0 },
+      (_, k) => this.config.vocab_size + k,
+    );
     let prefix: KvCache | undefined;
     if (feeds?.prefix) {
       const { tokens, keys, values } = feeds.prefix;

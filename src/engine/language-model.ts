@@ -71,7 +71,11 @@ export class LanguageModel {
   async logits(tokens: readonly number[]): Promise<Float32Array[]> {
     const adapter = this.session.active;
     const virtual = adapter.virtualTokens;
-    const { logits } = await this.session.forward([...virtual, ...tokens], this.session.startCache(adapter), adapter);
+    const { logits } = await this.session.forward(
+      [...virtual, ...tokens],
+      this.session.startCache(adapter),
+      adapter,
+    );
     const vocab = this.config.vocab_size;
     const skip = virtual.length;
     return tokens.map((_, i) => logits.slice((skip + i) * vocab, (skip + i + 1) * vocab));
