@@ -26,7 +26,7 @@ import { loadModel } from '../src/load-model.js';
 import { referenceLogitsWithAdapters, type ActiveAdapter } from '../src/reference/peft.js';
 import { referenceLogits } from '../src/reference/llama.js';
 import type { Checkpoint } from '../src/formats/checkpoint.js';
-import { IncompatibleAdapterError, AdapterFormatError } from '../src/errors.js';
+import { IncompatibleAdapterError, AdapterFormatError, EdgeAdaptersError } from '../src/errors.js';
 
 const bytes = (p: string) => new Uint8Array(readFileSync(p));
 const ckpt = parseLlama2cCheckpoint(bytes(fixture('llama2c/stories260K.bin')), 'stories260K.bin');
@@ -327,5 +327,56 @@ describe('export and bad input', () => {
     expect(rt.adapters.active()).toEqual([{ id: 'keep' }]);
     expect(rt.adapters.list().map((a) => a.id)).toEqual(['keep']);
     await rt.adapters.remove('keep');
+  });
+});
+
+describe('broken adapters never disturb the active one', () => {
+  it('random corruptions of a real adapter are typed errors, and the active adapter stays', async () => {
+    const fc = await import('fast-check');
+    await rt.adapters.add('keep', pair(makeLoraAdapter({ seed: 101, scale: 0.1 })));
+    await rt.adapters.activate('keep');
+    const before = await rt.logits(tokens.slice(0, 6));
+    const good = pair(makeLoraAdapter({ seed: 102 }));
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(
+          fc.record({ kind: fc.constant('truncate' as const), at: fc.nat(good.weights.length - 1) }),
+          fc.record({
+            kind: fc.constant('flip' as const),
+            at: fc.nat(good.weights.length - 1),
+            value: fc.integer({ min: 0, max: 255 }),
+          }),
+          fc.record({ kind: fc.constant('nan' as const), at: fc.nat(1000) }),
+          fc.record({ kind: fc.constant('config' as const), json: fc.json() }),
+        ),
+        async (c) => {
+          let config: Uint8Array | object = good.config;
+          let weights = good.weights;
+          if (c.kind === 'truncate') weights = good.weights.subarray(0, c.at);
+          if (c.kind === 'flip') (weights = good.weights.slice())[c.at] = c.value;
+          if (c.kind === 'nan') {
+            // a NaN in the first tensor's data (the header is followed by float32 values)
+            const headerLength = Number(
+              new DataView(good.weights.buffer, good.weights.byteOffset).getBigUint64(0, true),
+            );
+            weights = good.weights.slice();
+            new DataView(weights.buffer).setFloat32(8 + headerLength + 4 * c.at, Number.NaN, true);
+          }
+          if (c.kind === 'config') config = new TextEncoder().encode(c.json);
+          try {
+            await rt.adapters.add(`bad${n}`, { config, weights });
+            await rt.adapters.remove(`bad${n}`); // a corruption that still reads as a valid adapter is fine
+          } catch (error) {
+            expect(error).toBeInstanceOf(EdgeAdaptersError);
+          }
+          n++;
+          expect(rt.adapters.active()).toEqual([{ id: 'keep' }]);
+        },
+      ),
+      { numRuns: 60, seed: 7 },
+    );
+    const after = await rt.logits(tokens.slice(0, 6));
+    for (let i = 0; i < 6; i++) expect(maxAbsDiff(after[i], before[i])).toBe(0);
   });
 });
