@@ -13,7 +13,8 @@ import {
   savedBaseWeights,
   serializePeftAdapter,
 } from '../src/formats/peft-adapter.js';
-import { type PromptLearningConfig, formatPeftJson } from '../src/formats/peft-config.js';
+import { type PromptLearningConfig } from '../src/formats/peft-config.js';
+import { formatPeftJson } from '../src/formats/python-json.js';
 import { type SafetensorsEntry, float32Entry, serializeSafetensors } from '../src/formats/safetensors.js';
 import { synthConfig } from '../src/formats/synth.js';
 import { fixture } from './fixtures.js';

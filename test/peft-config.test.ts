@@ -5,12 +5,11 @@ import {
   type AdaLoraConfig,
   type IA3Config,
   type LoraConfig,
-  formatPeftJson,
   parsePeftConfig,
-  pythonFloat,
-  pythonRegExp,
   serializePeftConfig,
 } from '../src/formats/peft-config.js';
+import { formatPeftJson, pythonFloat } from '../src/formats/python-json.js';
+import { pythonRegExp } from '../src/formats/python-regex.js';
 import { fixture } from './fixtures.js';
 
 const CHESS = 'peft/chessgpt-gpt2-lora/adapter_config.json';

@@ -11,12 +11,8 @@ import {
   parsePeftAdapter,
   serializePeftAdapter,
 } from '../src/formats/peft-adapter.js';
-import {
-  PEFT_TYPES,
-  formatPeftJson,
-  parsePeftConfig,
-  serializePeftConfig,
-} from '../src/formats/peft-config.js';
+import { PEFT_TYPES, parsePeftConfig, serializePeftConfig } from '../src/formats/peft-config.js';
+import { formatPeftJson } from '../src/formats/python-json.js';
 import { type SafetensorsEntry, float32Entry, serializeSafetensors } from '../src/formats/safetensors.js';
 import { isFeedforward, loraScaling, matchTargets } from '../src/methods/targets.js';
 import { STORIES_CONFIG as base, loadAdapter, makeLoraAdapter } from './helpers/peft-fixtures.js';

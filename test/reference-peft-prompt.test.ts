@@ -10,7 +10,7 @@ import type { Checkpoint, Float32Tensor, LlamaConfig } from '../src/formats/chec
 import { expectedShapes, headDim } from '../src/formats/checkpoint.js';
 import { parseLlama2cCheckpoint } from '../src/formats/llama2c-checkpoint.js';
 import { type PeftAdapter, parsePeftAdapter } from '../src/formats/peft-adapter.js';
-import { formatPeftJson } from '../src/formats/peft-config.js';
+import { formatPeftJson } from '../src/formats/python-json.js';
 import { type SafetensorsEntry, float32Entry, serializeSafetensors } from '../src/formats/safetensors.js';
 import { ReferenceSession, argmax, referenceLogits } from '../src/reference/llama.js';
 import {

@@ -25,11 +25,11 @@ import {
   type LoraConfig,
   type PeftConfig,
   type PromptLearningConfig,
-  formatPeftJson,
   isPromptLearning,
   parsePeftConfig,
   peftConfigJson,
 } from './peft-config.js';
+import { formatPeftJson } from './python-json.js';
 import {
   type SafetensorsEntry,
   parseSafetensors,

@@ -15,10 +15,8 @@ import {
   type IA3Config,
   type LoraConfig,
   type ModuleSelector,
-  layersRegExp,
-  patternRegExp,
-  pythonRegExp,
 } from '../formats/peft-config.js';
+import { layersRegExp, patternRegExp, pythonRegExp } from '../formats/python-regex.js';
 
 export interface LinearModule {
   module: string;

@@ -11,7 +11,8 @@
  */
 import { type LlamaConfig } from '../../src/formats/checkpoint.js';
 import { type PeftAdapter, parsePeftAdapter } from '../../src/formats/peft-adapter.js';
-import { formatPeftJson, parsePeftConfig } from '../../src/formats/peft-config.js';
+import { parsePeftConfig } from '../../src/formats/peft-config.js';
+import { formatPeftJson } from '../../src/formats/python-json.js';
 import {
   type SafetensorsEntry,
   bfloat16Entry,
