@@ -24,6 +24,7 @@ import {
 } from './formats/llama2c-tokenizer.js';
 import { readHfCheckpoint } from './formats/hf-checkpoint.js';
 import { synthCheckpoint, SYNTH_SHAPES } from './formats/synth.js';
+import { byteTokenizerJson, BYTE_TOKENIZER_CONFIG } from './formats/byte-tokenizer.js';
 import { folderSource } from './formats/files-node.js';
 import { loadModel } from './load-model.js';
 import { Runtime } from './runtime.js';
@@ -183,7 +184,15 @@ export async function main(
       if (!(shape in SYNTH_SHAPES))
         throw new UsageError(`unknown --shape "${shape}"; one of ${Object.keys(SYNTH_SHAPES).join(', ')}`);
       const ckpt = synthCheckpoint(shape, number(o.seed, 'seed') ?? 0);
-      await writeFolder(required(o.out, 'out'), checkpointToModelFolder(ckpt, convert));
+      const json = (v: object) => new TextEncoder().encode(JSON.stringify(v));
+      const tokenizerFiles = new Map([
+        ['tokenizer.json', json(byteTokenizerJson(ckpt.config.vocab_size))],
+        ['tokenizer_config.json', json(BYTE_TOKENIZER_CONFIG)],
+      ]);
+      await writeFolder(
+        required(o.out, 'out'),
+        checkpointToModelFolder(ckpt, { ...convert, tokenizerFiles }),
+      );
       stdout(`wrote ${o.out}\n`);
       return;
     }

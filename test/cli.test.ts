@@ -11,6 +11,9 @@ import { parseLlama2cCheckpoint } from '../src/formats/llama2c-checkpoint.js';
 import { loadAdapter, makeLoraAdapter, makePrefixTuningAdapter } from './helpers/peft-fixtures.js';
 import { referenceLogitsWithAdapters } from '../src/reference/peft.js';
 import { mkdirSync } from 'node:fs';
+import { writeHfCheckpoint } from '../src/formats/hf-checkpoint.js';
+import { roundToBfloat16 } from '../src/formats/dtype.js';
+import type { Checkpoint } from '../src/formats/checkpoint.js';
 
 const run = promisify(execFile);
 const BIN = path.resolve('bin/edge-adapters.js');
@@ -175,5 +178,64 @@ describe('edge-adapters CLI', () => {
     await expect(
       cli(['logits', '--model', model, '--tokens', '1', '--adapter', dirs[0], '--weights', '1,2']),
     ).rejects.toThrow(/--weights has 2 values for 1 --adapter/);
+  });
+
+  it('convert hf: a sharded BF16 checkpoint with tokenizer.json converts and runs as the reference on the rounded weights', async () => {
+    const ckpt = parseLlama2cCheckpoint(new Uint8Array(readFileSync(fixture('llama2c/stories260K.bin'))));
+    const src = path.join(work, 'hf-src');
+    mkdirSync(src, { recursive: true });
+    const files = writeHfCheckpoint(ckpt, { dtype: 'BF16', shardBytes: 200_000 });
+    expect(files.has('model.safetensors.index.json')).toBe(true);
+    for (const [name, bytes] of files) writeFileSync(path.join(src, name), bytes);
+    writeFileSync(path.join(src, 'tokenizer.json'), readFileSync(path.join(model, 'tokenizer.json')));
+    writeFileSync(
+      path.join(src, 'tokenizer_config.json'),
+      readFileSync(path.join(model, 'tokenizer_config.json')),
+    );
+    const out = path.join(work, 'hf-out');
+    await cli(['convert', 'hf', src, '--out', out]);
+    const rounded: Checkpoint = {
+      config: ckpt.config,
+      tensors: new Map(
+        [...ckpt.tensors].map(([k, t]) => [k, { shape: t.shape, data: roundToBfloat16(t.data) }]),
+      ),
+    };
+    const tokens = [1, 403, 407, 261, 378, 300];
+    const got = JSON.parse(await cli(['logits', '--model', out, '--tokens', tokens.join(',')]));
+    const want = referenceLogits(rounded, tokens);
+    for (let i = 0; i < tokens.length; i++)
+      for (let v = 0; v < 512; v++) expect(Math.abs(got.logits[i][v] - want[i][v])).toBeLessThan(1e-4);
+    const text = await cli(['generate', '--model', out, '--prompt', 'Once upon a time', '--max-tokens', '8']);
+    expect(text.startsWith('Once upon a time')).toBe(true);
+  });
+
+  it('synth writes a seeded model folder that runs; bench prints a throughput table', async () => {
+    const out = path.join(work, 'synth-tiny');
+    await cli(['synth', '--shape', 'tiny', '--seed', '3', '--out', out]);
+    const config = JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8'));
+    expect(config).toMatchObject({ hidden_size: 64, num_hidden_layers: 5, vocab_size: 512 });
+    // a byte-level tokenizer comes with it, so the folder generates like any other
+    const text = await cli([
+      'generate',
+      '--model',
+      out,
+      '--prompt',
+      'héllo',
+      '--max-tokens',
+      '4',
+      '--temperature',
+      '0',
+    ]);
+    expect(text.startsWith('héllo')).toBe(true);
+    expect(JSON.parse(await cli(['logits', '--model', out, '--tokens', '1,3'])).logits).toHaveLength(2);
+    const table = await cli(['bench', '--model', model, '--prompt-tokens', '16', '--decode-tokens', '8']);
+    const row = table
+      .trim()
+      .split('\n')
+      .at(-1)!
+      .split('|')
+      .map((c) => c.trim());
+    expect(Number(row[4])).toBeGreaterThan(0);
+    expect(Number(row[5])).toBeGreaterThan(0);
   });
 });
