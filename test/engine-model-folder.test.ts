@@ -176,3 +176,30 @@ it('the HF tokenizer.json written for a llama2c model loads when tokenizer.bin i
   expect(model.encode('Once upon a time')).toEqual([1, 403, 407, 261, 378]);
   await model.release();
 });
+
+describe('backends and stopping', () => {
+  it('the onnxruntime-node backend gives the same logits as the reference', async () => {
+    const model = await loadModel(folder(ckpt, 'standard'), { backend: 'node', threads: 1 });
+    expect(model.backend).toBe('node');
+    const logits = await model.logits(tokens.slice(0, 32));
+    const expected = referenceLogits(ckpt, tokens.slice(0, 32));
+    for (let i = 0; i < 32; i++) expect(maxAbsDiff(logits[i], expected[i])).toBeLessThan(1e-4);
+    await model.release();
+  });
+
+  it('stops at an EOS token without printing it, and at maxTokens', async () => {
+    const model = await loadModel(folder(ckpt, 'standard'));
+    const free = await model.complete('Once upon a time', { maxTokens: 12, eosTokenIds: [] });
+    expect(free.finishReason).toBe('length');
+    expect(free.tokens).toHaveLength(12);
+    const eos = free.tokens[5];
+    const stopped = await model.complete('Once upon a time', { maxTokens: 12, eosTokenIds: [eos] });
+    expect(stopped.finishReason).toBe('eos');
+    expect(stopped.tokens).toEqual(free.tokens.slice(0, free.tokens.indexOf(eos) + 1));
+    const promptTokens = tokenizer.encode('Once upon a time', { bos: true });
+    expect(stopped.text).toBe(
+      tokenizer.decode([...promptTokens, ...stopped.tokens.slice(0, -1)]).slice('Once upon a time'.length),
+    );
+    await model.release();
+  });
+});
