@@ -46,6 +46,7 @@ import {
 import { withFields } from '../formats/onnx/index.js';
 import { linearNodes } from './llama.js';
 import { valueInfo } from './builder.js';
+import { linearPrefix, linearShape } from './quantized-linear.js';
 
 export interface SlotOptions {
   /** Modules that get a slot (HF names); default every linear module of the graph. */
@@ -118,11 +119,8 @@ export function addAdapterSlots(
 
   for (const { module, node: matmul } of linearNodes(model)) {
     if (wanted && !wanted.has(module)) continue;
-    const weight = initializers.get(matmul.input[1]);
-    if (!weight || weight.dims.length !== 2) {
-      throw new ModelFormatError('model.onnx', matmul.name, `linear ${module} has no 2-D weight initializer`);
-    }
-    const [inF, outF] = weight.dims.map(Number);
+    // [in, out] of a float or quantized linear (MatMulNBits / MatMulBnb4 / int8 pattern).
+    const [inF, outF] = linearShape(matmul, initializers);
     const kind = moduleKind(module);
     let group = groups.get(kind);
     if (!group) {
@@ -143,7 +141,7 @@ export function addAdapterSlots(
     group.modules.push(module);
 
     const x = matmul.input[0];
-    const p = matmul.name.replace(/\/MatMul$/, '');
+    const p = linearPrefix(matmul); // the name without /MatMul, /MatMulNBits or /MatMulBnb4
     const nodes: NodeProto[] = [];
     let input = x;
     if (group.scaleIn) {
@@ -152,7 +150,11 @@ export function addAdapterSlots(
       nodes.push(s, m);
       input = m.output[0];
     }
-    const base = withFields(matmul, { input: [input, matmul.input[1]], output: [`${p}/base_output_0`] });
+    // Keep every weight input (a quantized op also takes scales / absmax / zero points).
+    const base = withFields(matmul, {
+      input: [input, ...matmul.input.slice(1)],
+      output: [`${p}/base_output_0`],
+    });
     nodes.push(base);
     let scaled = base.output[0];
     if (group.scaleOut) {

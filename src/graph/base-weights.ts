@@ -8,10 +8,17 @@ import type { LlamaConfig } from '../formats/checkpoint.js';
 import { tensorData, type ModelProto, type TensorProto } from '../formats/onnx/index.js';
 import type { BaseModel } from '../methods/feeds.js';
 import { linearNodes } from './llama.js';
+import { linearWeight } from './quantized-linear.js';
 
 export function graphBaseModel(model: ModelProto, config: LlamaConfig, file = 'model.onnx'): BaseModel {
   const initializers = new Map((model.graph?.initializer ?? []).map((t) => [t.name, t]));
   const linears = new Map(linearNodes(model).map(({ module, node }) => [module, node.input[1]]));
+  // Quantized linears (./quantized-linear.ts): W is dequantized exactly as the op computes it.
+  const quantized = new Map(
+    linearNodes(model)
+      .filter(({ node }) => node.opType !== 'MatMul' || !initializers.has(node.input[1]))
+      .map(({ module, node }) => [module, node]),
+  );
   const embedding = model.graph?.node.find((n) => n.name === '/model/embed_tokens/Gather')?.input[0];
   const cache = new Map<string, Float32Array>();
 
@@ -34,7 +41,10 @@ export function graphBaseModel(model: ModelProto, config: LlamaConfig, file = 'm
       const known = cache.get(module);
       if (known) return known;
       let w: Float32Array;
-      if (module === 'model.embed_tokens') {
+      const qnode = quantized.get(module);
+      if (qnode) {
+        w = linearWeight(model, module, qnode);
+      } else if (module === 'model.embed_tokens') {
         w = float32(embedding === undefined ? undefined : initializers.get(embedding), module).data;
       } else {
         // MatMul weights are stored [in, out]; methods/ reads W as [out, in].

@@ -57,6 +57,7 @@ import {
 } from '../formats/checkpoint.js';
 import type { ModelProto, NodeProto } from '../formats/onnx/onnx_pb.js';
 import { GraphBuilder, MS_DOMAIN } from './builder.js';
+import { quantizeLinears, type GraphQuantizeOptions } from './quantized-linear.js';
 
 export type DecoderProfile = 'standard' | 'contrib';
 
@@ -71,6 +72,11 @@ export const DEFAULT_PROFILE: DecoderProfile = 'standard';
 
 export interface DecoderOptions {
   profile?: DecoderProfile;
+  /**
+   * Quantized base linears (QLoRA): each linear's MatMul becomes MatMulNBits (int4), MatMulBnb4 (nf4)
+   * or DequantizeLinear + MatMul (int8); see ./quantized-linear.ts.
+   */
+  quantize?: GraphQuantizeOptions;
 }
 
 /** Metadata key (`metadata_props`) that records the profile a graph was built with. */
@@ -157,6 +163,8 @@ export function buildLlamaDecoder(ckpt: Checkpoint, opts: DecoderOptions = {}): 
     g.output(`present.${i}.key`, 'float32', kvShape('total_sequence_length'));
     g.output(`present.${i}.value`, 'float32', kvShape('total_sequence_length'));
   }
+  // Quantized base: the float graph's linears rewritten in place (names stay discoverable).
+  if (opts.quantize) return quantizeLinears(g.build(), opts.quantize).model;
   return g.build();
 }
 
@@ -165,12 +173,19 @@ export function linearNodeName(module: string): string {
   return `/${module.replace(/\.(?!\d)/g, '/')}/MatMul`;
 }
 
-/** Every linear layer's MatMul node with its Hugging Face module name (`model.layers.0.self_attn.q_proj`). */
+/**
+ * Every linear layer's node with its Hugging Face module name (`model.layers.0.self_attn.q_proj`):
+ * a MatMul, or on a quantized base a MatMulNBits / MatMulBnb4 (named `/.../MatMulNBits`, ...) or the
+ * MatMul after a DequantizeLinear. The node's first input is always the activation.
+ */
 export function linearNodes(model: ModelProto): { module: string; node: NodeProto }[] {
-  const pattern = /^\/(model\/layers\.\d+\/(?:self_attn|mlp)\/[a-z_]+_proj|lm_head)\/MatMul$/;
+  // Quantized linears (./quantized-linear.ts) end in the op's own name.
+  const pattern =
+    /^\/(model\/layers\.\d+\/(?:self_attn|mlp)\/[a-z_]+_proj|lm_head)\/(MatMul|MatMulNBits|MatMulBnb4)$/;
   const out: { module: string; node: NodeProto }[] = [];
   for (const node of model.graph?.node ?? []) {
-    const m = node.opType === 'MatMul' ? pattern.exec(node.name) : null;
+    const found = pattern.exec(node.name);
+    const m = found && found[2] === node.opType ? found : null;
     if (m) out.push({ module: m[1].replaceAll('/', '.'), node });
   }
   return out;
