@@ -4,6 +4,7 @@
  *   edge-adapters convert llama2c CHECKPOINT.bin TOKENIZER.bin --out DIR [--profile P]
  *   edge-adapters convert hf SRC_DIR --out DIR [--profile P]
  *   edge-adapters synth --shape NAME [--seed S] --out DIR [--profile P]
+ *   edge-adapters quantize --model DIR --format int4|nf4|int8 [--block-size N] [--double-quant] --out DIR
  *   edge-adapters generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
  *                          [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]...
  *   edge-adapters logits --model DIR --tokens 1,403,407
@@ -28,6 +29,8 @@ import { byteTokenizerJson, BYTE_TOKENIZER_CONFIG } from './formats/byte-tokeniz
 import { folderSource } from './formats/files-node.js';
 import { loadModel } from './load-model.js';
 import { Runtime } from './runtime.js';
+import { quantizeModelFolder } from './quantize-folder.js';
+import { QUANT_FORMATS, type QuantFormat } from './quant/index.js';
 import { measureThroughput } from './engine/throughput.js';
 import { EdgeAdaptersError } from './errors.js';
 import type { DecoderProfile } from './graph/llama.js';
@@ -37,6 +40,7 @@ const USAGE = `usage:
   edge-adapters convert llama2c CHECKPOINT.bin TOKENIZER.bin --out DIR [--profile standard|contrib]
   edge-adapters convert hf SRC_DIR --out DIR [--profile standard|contrib]
   edge-adapters synth --shape ${Object.keys(SYNTH_SHAPES).join('|')} [--seed S] --out DIR
+  edge-adapters quantize --model DIR --format int4|nf4|int8 [--block-size N] [--double-quant] --out DIR
   edge-adapters generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]
                          [--adapter PEFT_DIR]... [--weights w1,w2,...]
@@ -49,6 +53,9 @@ const OPTIONS = {
   profile: { type: 'string' },
   'external-data': { type: 'boolean' },
   shape: { type: 'string' },
+  format: { type: 'string' },
+  'block-size': { type: 'string' },
+  'double-quant': { type: 'boolean' },
   seed: { type: 'string' },
   model: { type: 'string' },
   prompt: { type: 'string' },
@@ -193,6 +200,21 @@ export async function main(
         required(o.out, 'out'),
         checkpointToModelFolder(ckpt, { ...convert, tokenizerFiles }),
       );
+      stdout(`wrote ${o.out}\n`);
+      return;
+    }
+    case 'quantize': {
+      const format = required(o.format, 'format');
+      if (!(QUANT_FORMATS as readonly string[]).includes(format)) {
+        throw new UsageError(`--format must be one of ${QUANT_FORMATS.join(', ')}, got "${format}"`);
+      }
+      const files = await quantizeModelFolder(folderSource(required(o.model, 'model')), {
+        format: format as QuantFormat,
+        blockSize: number(o['block-size'], 'block-size'),
+        doubleQuant: o['double-quant'],
+        externalData: o['external-data'],
+      });
+      await writeFolder(required(o.out, 'out'), files);
       stdout(`wrote ${o.out}\n`);
       return;
     }
