@@ -3,6 +3,7 @@
  * spelling), so configs written here are byte-identical to the ones PEFT saves.
  */
 import { AdapterFormatError } from '../errors.js';
+import { compareCodePoints } from './code-point-order.js';
 
 const isRecord = (x: unknown): x is Record<string, unknown> =>
   typeof x === 'object' && x !== null && !Array.isArray(x);
@@ -47,17 +48,6 @@ function pythonString(s: string): string {
     else out += s[i];
   }
   return `${out}"`;
-}
-
-/** Python's str ordering: by code point (JavaScript's default sort is by UTF-16 unit). */
-function compareCodePoints(a: string, b: string): number {
-  const x = [...a];
-  const y = [...b];
-  for (let i = 0; i < x.length && i < y.length; i++) {
-    const d = (x[i].codePointAt(0) ?? 0) - (y[i].codePointAt(0) ?? 0);
-    if (d !== 0) return d;
-  }
-  return x.length - y.length;
 }
 
 function dumpJson(v: unknown, indent: string, asFloat: boolean): string {

@@ -4,6 +4,7 @@
  * implementation does; writing produces the bytes the Python/Rust library writes.
  */
 import { type EdgeAdaptersError, ModelFormatError } from '../errors.js';
+import { compareCodePoints } from './code-point-order.js';
 import { fromBfloat16Array, fromFloat16Array, toBfloat16Array, toFloat16Array } from './dtype.js';
 
 /** Every dtype of the format, in the reference's enum order (= increasing alignment). */
@@ -228,17 +229,6 @@ export function parseSafetensors(
   return { metadata, tensors };
 }
 
-/** Compare by Unicode code point = by UTF-8 bytes, as Rust orders strings. */
-function compareNames(a: string, b: string): number {
-  const x = [...a];
-  const y = [...b];
-  for (let i = 0; i < x.length && i < y.length; i++) {
-    const d = (x[i].codePointAt(0) ?? 0) - (y[i].codePointAt(0) ?? 0);
-    if (d !== 0) return d;
-  }
-  return x.length - y.length;
-}
-
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /**
@@ -280,7 +270,7 @@ export function serializeSafetensors(
   }
   list.sort(
     ([an, a], [bn, b]) =>
-      (DTYPE_RANK.get(b.dtype) ?? 0) - (DTYPE_RANK.get(a.dtype) ?? 0) || compareNames(an, bn),
+      (DTYPE_RANK.get(b.dtype) ?? 0) - (DTYPE_RANK.get(a.dtype) ?? 0) || compareCodePoints(an, bn),
   );
 
   const parts: string[] = [];
