@@ -44,7 +44,10 @@ export class DecoderSession {
     /** The adapter slots of the graph, when it was patched with them. */
     readonly slots: SlotLayout | undefined,
   ) {
-    this.conditioning = { slots: slots ? slotTensors(backend.ort, slots) : {}, virtualTokens: [] };
+    this.conditioning = {
+      slots: slots ? slotTensors(backend.ort, slots, undefined, this.minRank) : {},
+      virtualTokens: [],
+    };
   }
 
   static async create(
@@ -99,7 +102,7 @@ export class DecoderSession {
     if (feeds && !this.slots) {
       throw new InvalidInputError('adapter', undefined, 'this model was loaded without adapter slots');
     }
-    const slots = this.slots ? slotTensors(this.backend.ort, this.slots, feeds) : {};
+    const slots = this.slots ? slotTensors(this.backend.ort, this.slots, feeds, this.minRank) : {};
     const virtualTokens = Array.from(
       { length: feeds?.prompt?.tokens ?? 0 },
       (_, k) => this.config.vocab_size + k,
@@ -116,6 +119,11 @@ export class DecoderSession {
       prefix = { length: tokens, tensors };
     }
     this.conditioning = { slots, virtualTokens, prefix };
+  }
+
+  /** WebGPU cannot bind the empty buffers of rank-0 slots: feed rank 1 of zeros there instead. */
+  private get minRank(): number {
+    return this.backend.name === 'webgpu' ? 1 : 0;
   }
 
   /** The active adapter, for a request to keep using until it ends. */

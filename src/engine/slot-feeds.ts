@@ -8,18 +8,23 @@ import type { SlotLayout } from '../graph/adapter-slots.js';
 import type { AdapterFeeds } from '../methods/feeds.js';
 import { IncompatibleAdapterError } from '../errors.js';
 
-/** The feeds for `layout` with `feeds` active (or the exact base when undefined). */
+/**
+ * The feeds for `layout` with `feeds` active (or the exact base when undefined). `minRank` pads
+ * every LoRA slot to at least that rank with zeros (which adds exactly 0): onnxruntime-web's WebGPU
+ * provider cannot bind the zero-size buffers of a rank-0 slot (GPUDevice.createBindGroup fails).
+ */
 export function slotTensors(
   ortApi: OrtApi,
   layout: SlotLayout,
   feeds?: AdapterFeeds,
+  minRank = 0,
 ): Record<string, ort.Tensor> {
   const { Tensor } = ortApi;
   const out: Record<string, ort.Tensor> = {};
   const placed = new Set<string>();
   for (const g of layout.groups) {
     const n = g.modules.length;
-    const rank = Math.max(0, ...g.modules.map((m) => feeds?.modules.get(m)?.rank ?? 0));
+    const rank = Math.max(minRank, ...g.modules.map((m) => feeds?.modules.get(m)?.rank ?? 0));
     const a = new Float32Array(n * g.in * rank);
     const b = new Float32Array(n * rank * g.out);
     const scaleIn = g.scaleIn ? new Float32Array(n * g.in).fill(1) : undefined;
