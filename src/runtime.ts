@@ -22,7 +22,7 @@ import {
   type PeftAdapter,
 } from './formats/peft-adapter.js';
 import { adapterFeeds } from './methods/combine.js';
-import type { BaseModel } from './methods/feeds.js';
+import type { AdapterFeeds, BaseModel } from './methods/feeds.js';
 import { AdapterFormatError, InvalidInputError } from './errors.js';
 
 export interface RuntimeOptions extends LoadModelOptions {
@@ -54,6 +54,8 @@ export interface ActiveSpec {
 
 export class AdapterRegistry {
   private readonly loaded = new Map<string, PeftAdapter>();
+  /** Each adapter's feeds alone at weight 1, computed once at add() (DoRA's weight norm is costly). */
+  private readonly alone = new Map<string, AdapterFeeds>();
   private current: ActiveSpec[] = [];
 
   constructor(
@@ -71,9 +73,10 @@ export class AdapterRegistry {
       );
     const adapter = await readAdapter(source, id);
     checkAdapterAgainstBase(adapter, this.base.config, id);
-    // Compute its feeds once now, so an adapter the slots cannot serve is refused here, not at activation.
-    adapterFeeds([{ adapter, weight: 1 }], this.base);
+    // Compute its feeds now, so an adapter the methods cannot serve is refused here, not at activation.
+    const feeds = adapterFeeds([{ adapter, weight: 1 }], this.base);
     this.loaded.set(id, adapter);
+    this.alone.set(id, feeds);
     return this.info(id);
   }
 
@@ -98,7 +101,8 @@ export class AdapterRegistry {
         );
       return { adapter, weight: weight ?? 1 };
     });
-    const feeds = adapterFeeds(active, this.base);
+    const single = list.length === 1 && (list[0].weight ?? 1) === 1 ? this.alone.get(list[0].id) : undefined;
+    const feeds = single ?? adapterFeeds(active, this.base);
     this.model.session.setAdapter(feeds);
     this.current = list;
   }
@@ -127,6 +131,7 @@ export class AdapterRegistry {
       else this.deactivate();
     }
     this.loaded.delete(id);
+    this.alone.delete(id);
   }
 
   /** A base weight as methods/ reads it: W [out, in] of a linear module, or `model.embed_tokens`. */
