@@ -7,6 +7,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it, beforeAll, afterAll, afterEach } from 'vitest';
 import { fixture } from './fixtures.js';
+import { maxAbsDiff } from './helpers/numeric.js';
+import { tensorToFloat32 } from '../src/formats/safetensors.js';
 import {
   loadAdapter,
   makeAdaloraAdapter,
@@ -43,12 +45,6 @@ const pair = (f: AdapterFiles) => ({
   config: f.get('adapter_config.json')!,
   weights: f.get('adapter_model.safetensors')!,
 });
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 let rt: Runtime;
 beforeAll(async () => {
@@ -157,7 +153,6 @@ function mergeInto(c: Checkpoint, files: AdapterFiles): Checkpoint {
   };
   const f32 = (name: string) => {
     const t = adapter.tensors.get(name)!;
-    const { tensorToFloat32 } = requireSafetensors;
     return tensorToFloat32(t);
   };
   for (const name of adapter.tensors.keys()) {
@@ -196,7 +191,6 @@ function mergeInto(c: Checkpoint, files: AdapterFiles): Checkpoint {
   }
   return out;
 }
-import * as requireSafetensors from '../src/formats/safetensors.js';
 
 describe('second oracle: the adapter merged into the weights of a second model', () => {
   for (const [name, files] of [

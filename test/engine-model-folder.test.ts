@@ -15,6 +15,7 @@ import { referenceLogits, ReferenceSession, argmax } from '../src/reference/llam
 import type { Checkpoint } from '../src/formats/checkpoint.js';
 import type { DecoderProfile } from '../src/graph/llama.js';
 import { InvalidInputError, ModelFormatError } from '../src/errors.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 const bytes = (p: string) => new Uint8Array(readFileSync(p));
 const ckpt = parseLlama2cCheckpoint(bytes(fixture('llama2c/stories260K.bin')), 'stories260K.bin');
@@ -33,12 +34,6 @@ function folder(c: Checkpoint, profile: DecoderProfile, externalData = false) {
 /** 64 tokens of real text, so attention patterns are the ones the model meets. */
 const text = readFileSync(fixture('corpora/tinystories-197KB.txt'), 'utf8').slice(0, 2000);
 const tokens = tokenizer.encode(text, { bos: true }).slice(0, 64);
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 describe('model folder -> onnxruntime-web logits equal the float64 reference', () => {
   const expected = referenceLogits(ckpt, tokens);

@@ -12,6 +12,7 @@ import { ModelProtoSchema, type ModelProto } from '../src/formats/onnx/onnx_pb.j
 import { buildLlamaDecoder, linearNodeName, linearNodes, type DecoderProfile } from '../src/graph/llama.js';
 import { referenceLogits } from '../src/reference/llama.js';
 import { fixture } from './fixtures.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 const TOL = 1e-4;
 
@@ -118,13 +119,6 @@ class Runner {
     }
     return { logits, cache: next };
   }
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 /** The largest logit minus the smallest over all positions: shows the comparison is not vacuous. */

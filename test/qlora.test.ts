@@ -15,17 +15,13 @@ import { referenceLogitsWithAdapters } from '../src/reference/peft.js';
 import { linearModules } from '../src/methods/targets.js';
 import type { Checkpoint } from '../src/formats/checkpoint.js';
 import { loadAdapter, makeLoraAdapter } from './helpers/peft-fixtures.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 const work = mkdtempSync(path.join(tmpdir(), 'edge-adapters-qlora-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 const cli = (args: string[]) => main(args, () => {});
 const ckpt = parseLlama2cCheckpoint(new Uint8Array(readFileSync(fixture('llama2c/stories260K.bin'))));
 const tokens = [1, 403, 407, 261, 378, 300, 301, 263, 302, 290, 281, 266];
-const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-};
 
 /** The checkpoint the quantized graph computes: every linear weight as the graph dequantizes it. */
 function dequantized(rt: Runtime): Checkpoint {

@@ -12,6 +12,7 @@ import {
 } from '../src/formats/llama2c-tokenizer.js';
 import { ReferenceSession, argmax, referenceLogits, rmsNorm, rope } from '../src/reference/llama.js';
 import { fixture } from './fixtures.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 const stories = parseLlama2cCheckpoint(
   new Uint8Array(readFileSync(fixture('llama2c/stories260K.bin'))),
@@ -22,13 +23,6 @@ const tok = Llama2cTokenizer.parse(
   512,
   'tok512.bin',
 );
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 /** A small Llama model with every tensor filled by `fill(name, index)` (default: seeded noise). */
 function tinyModel(

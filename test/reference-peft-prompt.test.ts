@@ -26,13 +26,7 @@ import {
   makePrefixTuningAdapter,
   makePromptTuningAdapter,
 } from './helpers/peft-fixtures.js';
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
+import { maxAbsDiff } from './helpers/numeric.js';
 
 function maxDiffAll(a: Float64Array[], b: Float64Array[]): number {
   expect(a.length).toBe(b.length);

@@ -20,18 +20,12 @@ import {
 } from '../src/reference/peft.js';
 import { fixture } from './fixtures.js';
 import { loadAdapter, makeAdaloraAdapter, makeIa3Adapter, makeLoraAdapter } from './helpers/peft-fixtures.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 // ------------------------------------------------------------------------------------------------
 // Helpers: tiny models, adapters from (config, tensors), merging by hand.
 
 type Matrix = number[][];
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 function maxDiffAll(a: Float64Array[], b: Float64Array[]): number {
   expect(a.length).toBe(b.length);

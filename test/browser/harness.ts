@@ -2,7 +2,7 @@
  * The browser test harness: a static server with cross-origin isolation, an esbuild bundle of the
  * worker and the test page, and Debian's headless Chromium driven by playwright-core.
  *
- *   const h = await startHarness({ mounts: { '/work/': dir } });
+ *   const h = await startHarness({ mounts: { '/served/': dir } });
  *   await h.page.evaluate(...);
  *   await h.close();
  */
@@ -156,13 +156,13 @@ export async function launchBrowser(): Promise<Browser> {
 
 export interface Harness extends Browser {
   server: Server;
-  /** The temp folder served at /work/ (bundles in /work/bundle/). */
+  /** The temp folder served at /served/ (bundles in /served/bundle/). */
   work: string;
   origin: string;
 }
 
 /**
- * Everything a browser test needs: a temp folder served at /work/ (`prepare` fills it), bundles of the
+ * Everything a browser test needs: a temp folder served at /served/ (`prepare` fills it), bundles of the
  * worker and the test page in it, the server, the browser, and the page opened.
  */
 export async function startHarness(prepare: (work: string) => Promise<void> | void): Promise<Harness> {
@@ -179,9 +179,9 @@ export async function startHarness(prepare: (work: string) => Promise<void> | vo
       path.join(work, 'bundle', 'index.html'),
       '<!doctype html><meta charset="utf-8"><title>edge-adapters browser tests</title><script type="module" src="page.js"></script>',
     );
-    server = await startServer({ '/': ROOT, '/work/': work });
+    server = await startServer({ '/': ROOT, '/served/': work });
     browser = await launchBrowser();
-    await browser.page.goto(`${server.origin}/work/bundle/index.html`);
+    await browser.page.goto(`${server.origin}/served/bundle/index.html`);
     await browser.page.waitForFunction(() => 'edge' in window, undefined, { timeout: 30_000 });
     const s = server;
     const b = browser;

@@ -183,7 +183,7 @@ const api = {
   ): Promise<Failure | undefined> {
     const rt = get(key);
     try {
-      if (call === 'addMissing') await rt.adapters.add('missing', '/work/adapters/does-not-exist/');
+      if (call === 'addMissing') await rt.adapters.add('missing', '/served/adapters/does-not-exist/');
       if (call === 'activateUnknown') await rt.adapters.activate('nope');
       if (call === 'badTokens') await rt.logits([1, 99999]);
       return undefined;

@@ -89,7 +89,7 @@ function finalBytes(events: { file: string; loaded: number; total: number | unde
 describe('the runtime in a worker, on wasm', () => {
   it('loads with progress for every file, from the served onnxruntime-web dist folder', async () => {
     const { backend, progress } = await h.page.evaluate(() =>
-      window.edge.load('wasm', { model: '/work/model/', backend: 'wasm' }),
+      window.edge.load('wasm', { model: '/served/model/', backend: 'wasm' }),
     );
     expect(backend).toMatchObject({
       name: 'wasm',
@@ -126,7 +126,7 @@ describe('the runtime in a worker, on wasm', () => {
   });
 
   it('with a LoRA adapter from a URL: the same text as Node for the same adapter', async () => {
-    await h.page.evaluate(() => window.edge.addAdapter('wasm', 'lora', '/work/adapters/lora/'));
+    await h.page.evaluate(() => window.edge.addAdapter('wasm', 'lora', '/served/adapters/lora/'));
     await h.page.evaluate(() => window.edge.activate('wasm', 'lora'));
     const out = await h.page.evaluate((p) => window.edge.generate('wasm', p, { maxTokens: 252 }), PROMPT);
     const want = await nodeText('lora', 252);
@@ -139,7 +139,7 @@ describe('the runtime in a worker, on wasm', () => {
     const ids = ['lora', 'dora', 'ia3'];
     for (const id of ids) {
       const { info, progress } = await h.page.evaluate(
-        ([key, id]) => window.edge.addAdapter(key, id, `/work/adapters/${id}/`),
+        ([key, id]) => window.edge.addAdapter(key, id, `/served/adapters/${id}/`),
         ['wasm', id] as const,
       );
       const last = finalBytes(progress, `adapters/${id}`);
@@ -211,7 +211,7 @@ describe('the runtime in a worker, on wasm', () => {
     for (const [name, bytes] of ADAPTERS.dora) expect(new Uint8Array(files[name])).toEqual(bytes);
 
     const { info, byteLengthsAfter } = await h.page.evaluate(() =>
-      window.edge.addAdapterBytes('wasm', 'ia3-bytes', '/work/adapters/ia3/'),
+      window.edge.addAdapterBytes('wasm', 'ia3-bytes', '/served/adapters/ia3/'),
     );
     expect(info).toMatchObject({ id: 'ia3-bytes', peftType: 'IA3' });
     expect(byteLengthsAfter).toEqual([0, 0]); // transferred, not copied
@@ -223,7 +223,7 @@ describe('the runtime in a worker, on wasm', () => {
       name: 'AdapterFormatError',
       classes: ['EdgeAdaptersError', 'AdapterFormatError'],
     });
-    expect(missing?.file).toMatch(/\/work\/adapters\/does-not-exist\/\/adapter_config\.json$/);
+    expect(missing?.file).toMatch(/\/served\/adapters\/does-not-exist\/\/adapter_config\.json$/);
     const unknown = await h.page.evaluate(() => window.edge.failureOf('wasm', 'activateUnknown'));
     expect(unknown).toMatchObject({ name: 'InvalidInputError', file: 'activate', field: 'nope' });
     expect(unknown?.classes).toEqual(['EdgeAdaptersError', 'InvalidInputError']);
@@ -249,7 +249,7 @@ describe('wasm threads', () => {
   it('threads: 2 on the cross-origin isolated page gives the same text', async () => {
     const before = h.server.requests.length;
     const { backend } = await h.page.evaluate(() =>
-      window.edge.load('threads', { model: '/work/model/', backend: 'wasm', threads: 2 }),
+      window.edge.load('threads', { model: '/served/model/', backend: 'wasm', threads: 2 }),
     );
     expect(backend.name).toBe('wasm');
     const out = await h.page.evaluate(
@@ -268,7 +268,7 @@ describe('wasm threads', () => {
 
 describe('WebGPU (onnxruntime-web/webgpu)', () => {
   it("'auto' reports the WebGPU adapter, the graph's ops, and why it chose the backend", async () => {
-    const { backend } = await h.page.evaluate(() => window.edge.load('auto', { model: '/work/model/' }));
+    const { backend } = await h.page.evaluate(() => window.edge.load('auto', { model: '/served/model/' }));
     await h.page.evaluate(() => window.edge.release('auto'));
     expect(backend.requested).toBe('auto');
     expect(backend.unverifiedOps).toEqual([]);
@@ -279,7 +279,7 @@ describe('WebGPU (onnxruntime-web/webgpu)', () => {
   });
 
   it('every node output of the graph (with a LoRA adapter) agrees with wasm, prefill and decode', async () => {
-    const c = await h.page.evaluate(() => window.edge.compareOps('/work/model/', '/work/adapters/lora/'));
+    const c = await h.page.evaluate(() => window.edge.compareOps('/served/model/', '/served/adapters/lora/'));
     if (c.mismatches.length)
       console.log('WebGPU mismatches:', JSON.stringify(c.mismatches.filter((m) => m.inputsAgree)));
     expect(c.mismatches).toEqual([]);
@@ -292,7 +292,7 @@ describe('WebGPU (onnxruntime-web/webgpu)', () => {
 
   it('greedy text in the worker on WebGPU equals Node’s, without and with an adapter', async () => {
     const { backend } = await h.page.evaluate(() =>
-      window.edge.load('gpu', { model: '/work/model/', backend: 'webgpu' }),
+      window.edge.load('gpu', { model: '/served/model/', backend: 'webgpu' }),
     );
     expect(backend).toMatchObject({ name: 'webgpu', requested: 'webgpu' });
     const base = await h.page.evaluate(
@@ -301,7 +301,7 @@ describe('WebGPU (onnxruntime-web/webgpu)', () => {
     );
     expect(base.text).toBe(await nodeText('base', GPU_TOKENS));
     expect(GOLDEN_CONTINUATION.startsWith(base.text)).toBe(true);
-    await h.page.evaluate(() => window.edge.addAdapter('gpu', 'lora', '/work/adapters/lora/'));
+    await h.page.evaluate(() => window.edge.addAdapter('gpu', 'lora', '/served/adapters/lora/'));
     await h.page.evaluate(() => window.edge.activate('gpu', 'lora'));
     const lora = await h.page.evaluate(
       (n) => window.edge.generate('gpu', 'Once upon a time', { maxTokens: n }),
@@ -317,7 +317,7 @@ describe('the page stays responsive; a dead worker is an error', () => {
   it('reports main-thread long tasks while a model loads and generates', async () => {
     const since = await h.page.evaluate(() => window.edge.now());
     const { ms } = await h.page.evaluate(() =>
-      window.edge.load('busy', { model: '/work/model/', backend: 'wasm' }),
+      window.edge.load('busy', { model: '/served/model/', backend: 'wasm' }),
     );
     const start = await h.page.evaluate(() => window.edge.now());
     await h.page.evaluate((p) => window.edge.generate('busy', p, { maxTokens: 252 }), PROMPT);
@@ -346,7 +346,7 @@ describe('the page stays responsive; a dead worker is an error', () => {
 
   it('an uncaught error inside the worker rejects the pending stream with WorkerError', async () => {
     await h.page.evaluate(() => window.edge.release('wasm'));
-    await h.page.evaluate(() => window.edge.load('crash', { model: '/work/model/', backend: 'wasm' }));
+    await h.page.evaluate(() => window.edge.load('crash', { model: '/served/model/', backend: 'wasm' }));
     await h.page.evaluate((p) => window.edge.startGenerating('crash', 't2', p, 200, 3), PROMPT);
     const workers = h.page.workers();
     expect(workers.length).toBe(1);
