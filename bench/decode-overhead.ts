@@ -9,22 +9,15 @@
  * variant / base measured under the same machine state; we report the median ratio and its spread.
  * A step is DecoderSession.forward (the engine's decode step, feeds included).
  */
-import { loadBackend } from '../src/engine/backend.js';
 import { DecoderSession, type KvCache } from '../src/engine/decoder-session.js';
-import { readModelFolder } from '../src/formats/model-folder.js';
-import { folderSource } from '../src/formats/files-node.js';
-import { decodeModel, encodeModel } from '../src/formats/onnx/index.js';
 import { parsePeftAdapter } from '../src/formats/peft-adapter.js';
-import { addAdapterSlots, type SlotOptions } from '../src/graph/adapter-slots.js';
+import type { SlotOptions } from '../src/graph/adapter-slots.js';
 import { loadModelWithBase } from '../src/load-model.js';
-import { adapterFeeds } from '../src/methods/combine.js';
-import type { BaseModel } from '../src/methods/feeds.js';
 import { AdapterRegistry } from '../src/runtime.js';
 import { adapterSource, loraAllLinear, loraOn, type AdapterFiles } from './lib/adapters.js';
 import { peakRssMB, serveWorker, Worker } from './lib/child.js';
 import { ensureModel, modelConfig, storyTokens } from './lib/models.js';
 import { fmt, median, printTable, progress, quantile, ratio } from './lib/report.js';
-import { splitSlotReads } from './lib/split-slots.js';
 
 const PROMPT = 128;
 const SEGMENT = 64;
@@ -32,52 +25,54 @@ const RANK = 8;
 
 interface Variant {
   label: string;
+  /** Slot options, or false for the bare base; ignored when `declare` is set. */
   slots: SlotOptions | false;
-  /** Patch only the q_proj and v_proj modules (the rest of the graph stays the bare base). */
-  qvOnly?: boolean;
-  /** Bench-only prototype: slot inputs read by one Split per input instead of a Gather per module. */
-  split?: boolean;
+  /** Load with only the slots these adapters need (`slots: { adapters: [configs] }`). */
+  declare?: string[];
   /** Adapters to activate (ids below), or none. */
   adapters: { id: string; weight?: number }[];
 }
 
 const DEFAULT_SLOTS: SlotOptions = {};
-const LORA_ONLY: SlotOptions = { outputScales: false, inputScales: 'none' };
 
 function variants(control: boolean): Variant[] {
   const lora = [{ id: 'lora0' }];
+  const blend = [0, 1, 2, 3].map((k) => ({ id: `lora${k}`, weight: 0.25 }));
   const v: Variant[] = [];
   if (control)
     v.push({ label: 'unpatched base, a second session (noise floor)', slots: false, adapters: [] });
   v.push(
     { label: 'default slots, no adapter active', slots: DEFAULT_SLOTS, adapters: [] },
     { label: `default slots, LoRA r${RANK} all-linear`, slots: DEFAULT_SLOTS, adapters: lora },
-    { label: `default slots, LoRA r${RANK} q_proj+v_proj`, slots: DEFAULT_SLOTS, adapters: [{ id: 'qv' }] },
     {
       label: `default slots, blend of 4 LoRA r${RANK} all-linear (rank ${4 * RANK})`,
       slots: DEFAULT_SLOTS,
-      adapters: [0, 1, 2, 3].map((k) => ({ id: `lora${k}`, weight: 0.25 })),
+      adapters: blend,
     },
     { label: `default slots, DoRA r${RANK} all-linear`, slots: DEFAULT_SLOTS, adapters: [{ id: 'dora' }] },
-    { label: 'LoRA-only slots, no adapter active', slots: LORA_ONLY, adapters: [] },
-    { label: `LoRA-only slots, LoRA r${RANK} all-linear`, slots: LORA_ONLY, adapters: lora },
     {
-      label: `LoRA-only slots on q_proj+v_proj only, LoRA r${RANK} q_proj+v_proj`,
-      slots: { ...LORA_ONLY, prompt: false },
-      qvOnly: true,
-      adapters: [{ id: 'qv' }],
-    },
-    {
-      label: 'prototype: LoRA-only slots read by Split, no adapter active',
-      slots: LORA_ONLY,
-      split: true,
-      adapters: [],
-    },
-    {
-      label: `prototype: LoRA-only slots read by Split, LoRA r${RANK} all-linear`,
-      slots: LORA_ONLY,
-      split: true,
+      label: `declared slots, LoRA r${RANK} all-linear`,
+      slots: DEFAULT_SLOTS,
+      declare: ['lora0'],
       adapters: lora,
+    },
+    {
+      label: `declared slots, blend of 4 LoRA r${RANK} all-linear (rank ${4 * RANK})`,
+      slots: DEFAULT_SLOTS,
+      declare: ['lora0', 'lora1', 'lora2', 'lora3'],
+      adapters: blend,
+    },
+    {
+      label: `declared slots, DoRA r${RANK} all-linear`,
+      slots: DEFAULT_SLOTS,
+      declare: ['dora'],
+      adapters: [{ id: 'dora' }],
+    },
+    {
+      label: `declared slots, LoRA r${RANK} q_proj+v_proj`,
+      slots: DEFAULT_SLOTS,
+      declare: ['qv'],
+      adapters: [{ id: 'qv' }],
     },
   );
   return v;
@@ -100,12 +95,6 @@ interface VariantResult {
 
 type Request = { kind: 'variant'; index: number };
 
-const qvModules = (layers: number) =>
-  Array.from({ length: layers }, (_, i) => [
-    `model.layers.${i}.self_attn.q_proj`,
-    `model.layers.${i}.self_attn.v_proj`,
-  ]).flat();
-
 /** The worker: the base session stays loaded; each request loads one variant, measures it, releases it. */
 export function overheadWorker(spec: OverheadSpec): Promise<void> {
   return serveWorker(async () => {
@@ -125,40 +114,18 @@ export function overheadWorker(spec: OverheadSpec): Promise<void> {
       info: { rssMB: peakRssMB() },
       handle: async (request) => {
         const v = all[(request as Request).index];
-        const slots: SlotOptions | false =
-          v.slots && v.qvOnly ? { ...v.slots, modules: qvModules(config.num_hidden_layers) } : v.slots;
-        let session: DecoderSession;
+        const slots = v.declare
+          ? { adapters: v.declare.map((id) => parsePeftAdapter(files(id), id).config) }
+          : v.slots;
+        const loaded = await loadModelWithBase(dir, { slots, threads: spec.threads });
+        const session = loaded.model.session;
         let activateMs = 0;
-        if (v.split) {
-          // The prototype graph: the engine's own patching, then the Split rewrite.
-          const folder = await readModelFolder(folderSource(dir));
-          const patched = addAdapterSlots(decodeModel(folder.onnx), slots || {});
-          const backend = await loadBackend({ threads: spec.threads });
-          session = await DecoderSession.create(
-            backend,
-            encodeModel(splitSlotReads(patched.model, patched.layout)),
-            folder.config,
-            { slots: patched.layout },
-          );
-          if (v.adapters.length) {
-            const active = v.adapters.map((a) => ({
-              adapter: parsePeftAdapter(files(a.id), a.id),
-              weight: a.weight ?? 1,
-            }));
-            const t = performance.now();
-            session.setAdapter(adapterFeeds(active, loadedBase.base as BaseModel));
-            activateMs = performance.now() - t;
-          }
-        } else {
-          const loaded = await loadModelWithBase(dir, { slots, threads: spec.threads });
-          session = loaded.model.session;
-          if (v.adapters.length) {
-            const registry = new AdapterRegistry(loaded.model, loaded.base);
-            for (const a of v.adapters) await registry.add(a.id, files(a.id));
-            const t = performance.now();
-            await registry.activate(v.adapters);
-            activateMs = performance.now() - t;
-          }
+        if (v.adapters.length) {
+          const registry = new AdapterRegistry(loaded.model, loaded.base);
+          for (const a of v.adapters) await registry.add(a.id, files(a.id));
+          const t = performance.now();
+          await registry.activate(v.adapters);
+          activateMs = performance.now() - t;
         }
         const r = await paired(base, session, prompt, next, spec.steps, spec.warmup);
         await session.release();
@@ -273,9 +240,8 @@ function report(threads: number, results: VariantResult[], steps: number): void 
     rows,
     [
       `Paired: each variant session decodes alternately with the unpatched base in one process (which goes first alternates every step); ${steps} pairs per variant after 6 warm-up pairs, teacher-forced on real TinyStories tokens after a ${PROMPT}-token prompt, restarting from the prompt's cache every ${SEGMENT} steps (context ${PROMPT}–${PROMPT + SEGMENT}). ms/token and tok/s are medians of the variant's own steps, beside the base's steps of the same pairs (the first row: all base steps); the ratio is the median of per-pair ratios, robust to the machine's load changing between variants.`,
-      "default slots = loadModel's default: every linear (210 + lm_head) gets a LoRA branch (lora_A/lora_B inputs, rank 0 when idle), scale_out on every linear (IA3, DoRA), scale_in on mlp.down_proj, and the prompt-embedding slot. LoRA-only slots = { outputScales: false, inputScales: 'none' } (prompt slot kept).",
+      "default slots = loadModel's default: every linear (210 + lm_head) gets a LoRA branch (lora_A/lora_B inputs, rank 0 when idle), scale_out on every linear (IA3, DoRA), scale_in on mlp.down_proj, and the prompt-embedding slot. declared slots = `slots: { adapters: [configs] }`: only what the listed adapters need (methods/slots-for.ts; LoRA: branches on its targets, no scales, no prompt slot).",
       `LoRA r${RANK} all-linear = PEFT target_modules 'all-linear' (q,k,v,o,gate,up,down of 30 layers: 210 modules), alpha ${2 * RANK}; q_proj+v_proj = PEFT's default Llama targets (60 modules). The blend feeds 4 all-linear adapters at weight 0.25 (rank concatenation: rank ${4 * RANK}).`,
-      'prototype rows: the same LoRA-only graph with each packed slot input read by one Split (per input) instead of one Gather per module — a graph rewrite done in bench/lib/split-slots.ts, not in src/ (yet).',
       'Aim (issue 3): at most 5% slower than the base with a rank-8 LoRA active. Published peers: onnxruntime-genai multi-LoRA about 30%, llama.cpp 10–27%.',
     ],
     `backend wasm, ${threads} thread(s)`,

@@ -17,6 +17,7 @@ export type { BackendName, BackendOptions } from './engine/backend.js';
 export { urlSource, memorySource, type FileSource, type ReadFile } from './formats/files.js';
 export { checkpointToModelFolder, type ConvertOptions } from './convert.js';
 export type { SlotOptions } from './graph/adapter-slots.js';
+export { slotsFor } from './methods/slots-for.js';
 export { parsePeftAdapter, serializePeftAdapter, type PeftAdapter } from './formats/peft-adapter.js';
 export { parsePeftConfig, type PeftConfig } from './formats/peft-config.js';
 export * from './errors.js';

@@ -11,10 +11,16 @@ import { decodeModel, encodeModel, internalizeData } from './formats/onnx/index.
 import { addAdapterSlots, type SlotOptions } from './graph/adapter-slots.js';
 import { graphBaseModel } from './graph/base-weights.js';
 import type { BaseModel } from './methods/feeds.js';
+import { slotsFor } from './methods/slots-for.js';
+import type { PeftConfig } from './formats/peft-config.js';
 
 export interface LoadModelOptions extends BackendOptions {
-  /** Adapter slots to patch into the graph (default: all of them); `false` loads the bare base. */
-  slots?: SlotOptions | false;
+  /**
+   * Adapter slots to patch into the graph: all of them (default); only those the given PEFT configs
+   * need (`{ adapters: [config, ...] }`, methods/slots-for.ts: the cheapest graph for a known set of
+   * adapters); explicit SlotOptions; or `false` for the bare base.
+   */
+  slots?: SlotOptions | { adapters: readonly PeftConfig[] } | false;
 }
 
 export interface LoadedModel {
@@ -39,7 +45,14 @@ export async function loadModelWithBase(
   const folder = await readModelFolder(files);
   const file = `${folder.label}/${folder.onnxFile}`;
   const graph = decodeModel(folder.onnx, file);
-  const patched = options.slots === false ? undefined : addAdapterSlots(graph, options.slots);
+  const slots = options.slots;
+  const patched =
+    slots === false
+      ? undefined
+      : addAdapterSlots(
+          graph,
+          slots && 'adapters' in slots ? slotsFor(slots.adapters, folder.config) : slots,
+        );
   const backend = await loadBackend(options);
   const session = await DecoderSession.create(
     backend,

@@ -141,6 +141,7 @@ export const WEBGPU_VERIFIED_OPS: ReadonlySet<string> = new Set([
   'Sigmoid',
   'Slice',
   'Softmax',
+  'Split',
   'Sqrt',
   'Sub',
   'Transpose',

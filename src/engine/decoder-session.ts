@@ -2,6 +2,11 @@
  * One onnxruntime session over a decoder graph with the Hugging Face / optimum I/O layout
  * (input_ids, attention_mask, position_ids, past_key_values.{i}.key|value -> logits,
  * present.{i}.key|value), and the KV cache carried between calls.
+ *
+ * On WebGPU the state stays on the GPU: the KV cache is fetched as `gpu-buffer` outputs and fed back
+ * as inputs (only the logits come back to the CPU), and the active adapter's slot tensors are
+ * uploaded once per activation. GPU tensors are freed explicitly: a request holds the adapter it
+ * started with (`begin` / `end`), and whoever drops a cache calls `dispose` (a no-op on the CPU).
  */
 import type * as ort from 'onnxruntime-web';
 import type { Backend } from './backend.js';
@@ -35,6 +40,8 @@ export interface Conditioning {
 
 export class DecoderSession {
   private conditioning: Conditioning;
+  /** Requests holding each conditioning (begin / end); a replaced one is freed when none is left. */
+  private readonly users = new Map<Conditioning, number>();
 
   private constructor(
     private readonly backend: Backend,
@@ -43,11 +50,10 @@ export class DecoderSession {
     private readonly pastNames: string[],
     /** The adapter slots of the graph, when it was patched with them. */
     readonly slots: SlotLayout | undefined,
+    /** WebGPU: the device that holds the cache and the adapter tensors. */
+    private readonly device: GPUDevice | undefined,
   ) {
-    this.conditioning = {
-      slots: slots ? slotTensors(backend.ort, slots, undefined, this.minRank) : {},
-      virtualTokens: [],
-    };
+    this.conditioning = { slots: this.slotFeeds(undefined), virtualTokens: [] };
   }
 
   static async create(
@@ -59,6 +65,15 @@ export class DecoderSession {
     const file = options.file ?? 'model.onnx';
     const sessionOptions: ort.InferenceSession.SessionOptions = { ...backend.sessionOptions };
     if (options.externalData?.length) sessionOptions.externalData = options.externalData;
+    // WebGPU: every present.* output stays on the GPU (the logits, not named here, come to the CPU).
+    if (backend.name === 'webgpu') {
+      sessionOptions.preferredOutputLocation = Object.fromEntries(
+        Array.from({ length: config.num_hidden_layers }, (_, i) => [
+          [`present.${i}.key`, 'gpu-buffer'],
+          [`present.${i}.value`, 'gpu-buffer'],
+        ]).flat(),
+      ) as Record<string, ort.Tensor.DataLocation>;
+    }
     let session: ort.InferenceSession;
     try {
       session = await backend.ort.InferenceSession.create(model, sessionOptions);
@@ -91,7 +106,8 @@ export class DecoderSession {
         pastNames.push(name);
       }
     }
-    return new DecoderSession(backend, session, config, pastNames, options.slots);
+    const device = backend.name === 'webgpu' ? await webgpuDevice(backend) : undefined;
+    return new DecoderSession(backend, session, config, pastNames, options.slots, device);
   }
 
   /**
@@ -102,7 +118,7 @@ export class DecoderSession {
     if (feeds && !this.slots) {
       throw new InvalidInputError('adapter', undefined, 'this model was loaded without adapter slots');
     }
-    const slots = this.slots ? slotTensors(this.backend.ort, this.slots, feeds, this.minRank) : {};
+    const slots = this.slotFeeds(feeds);
     const virtualTokens = Array.from(
       { length: feeds?.prompt?.tokens ?? 0 },
       (_, k) => this.config.vocab_size + k,
@@ -118,7 +134,20 @@ export class DecoderSession {
       }
       prefix = { length: tokens, tensors };
     }
+    const replaced = this.conditioning;
     this.conditioning = { slots, virtualTokens, prefix };
+    if (!this.users.has(replaced)) disposeAll(replaced.slots);
+  }
+
+  /** The slot tensors for `feeds`, on the GPU when the session runs there. */
+  private slotFeeds(feeds: AdapterFeeds | undefined): Record<string, ort.Tensor> {
+    if (!this.slots) return {};
+    const cpu = slotTensors(this.backend.ort, this.slots, feeds, this.minRank);
+    const device = this.device;
+    if (!device) return cpu;
+    return Object.fromEntries(
+      Object.entries(cpu).map(([name, t]) => [name, uploadTensor(this.backend, device, t)]),
+    );
   }
 
   /** WebGPU cannot bind the empty buffers of rank-0 slots: feed rank 1 of zeros there instead. */
@@ -126,9 +155,33 @@ export class DecoderSession {
     return this.backend.name === 'webgpu' ? 1 : 0;
   }
 
-  /** The active adapter, for a request to keep using until it ends. */
+  /** The active adapter (to inspect; a request holds it with `begin`). */
   get active(): Conditioning {
     return this.conditioning;
+  }
+
+  /** The active adapter, held for one request until `end`, even if another is activated meanwhile. */
+  begin(): Conditioning {
+    const c = this.conditioning;
+    this.users.set(c, (this.users.get(c) ?? 0) + 1);
+    return c;
+  }
+
+  end(conditioning: Conditioning): void {
+    const left = (this.users.get(conditioning) ?? 1) - 1;
+    if (left > 0) {
+      this.users.set(conditioning, left);
+      return;
+    }
+    this.users.delete(conditioning);
+    if (conditioning !== this.conditioning) disposeAll(conditioning.slots);
+  }
+
+  /** Frees a cache's GPU tensors (nothing on the CPU). The prefix of an adapter is never freed here. */
+  dispose(cache: KvCache): void {
+    if (cache.tensors === this.conditioning.prefix?.tensors) return;
+    for (const c of this.users.keys()) if (cache.tensors === c.prefix?.tensors) return;
+    disposeAll(Object.fromEntries(cache.tensors));
   }
 
   /** The cache a request starts from: empty, or the prefix of `conditioning` (prefix tuning). */
@@ -211,6 +264,38 @@ export class DecoderSession {
   }
 
   async release(): Promise<void> {
+    disposeAll(this.conditioning.slots);
     await this.session.release();
   }
+}
+
+function disposeAll(tensors: Record<string, ort.Tensor>): void {
+  for (const t of Object.values(tensors)) if (t.location === 'gpu-buffer') t.dispose();
+}
+
+async function webgpuDevice(backend: Backend): Promise<GPUDevice> {
+  // onnxruntime-web/webgpu's env: the device its WebGPU provider runs on, known once a session exists.
+  const web = backend.ort as unknown as { env: { webgpu: { device: Promise<GPUDevice> } } };
+  return web.env.webgpu.device;
+}
+
+// GPUBufferUsage flags (WebGPU spec values; the constant object is not in TypeScript's DOM lib).
+const GPU_COPY_SRC = 0x04;
+const GPU_COPY_DST = 0x08;
+const GPU_STORAGE = 0x80;
+
+/** A float32 CPU tensor copied into a new GPU buffer, freed when the tensor is disposed. */
+function uploadTensor(backend: Backend, device: GPUDevice, t: ort.Tensor): ort.Tensor {
+  const data = t.data as Float32Array;
+  // WebGPU buffer sizes are multiples of 4 bytes (float32 always is); at least 4 for an empty tensor.
+  const buffer = device.createBuffer({
+    size: Math.max(4, data.byteLength),
+    usage: GPU_STORAGE | GPU_COPY_SRC | GPU_COPY_DST,
+  });
+  device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+  return backend.ort.Tensor.fromGpuBuffer(buffer, {
+    dataType: 'float32',
+    dims: t.dims,
+    dispose: () => buffer.destroy(),
+  });
 }

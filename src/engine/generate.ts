@@ -45,37 +45,44 @@ export async function* generateTokens(
   options.signal?.throwIfAborted();
 
   // The adapter active now serves the whole request, even if another is activated meanwhile.
-  const adapter = session.active;
+  const adapter = session.begin();
   let cache: KvCache = session.startCache(adapter);
-  let input: readonly number[] = [...adapter.virtualTokens, ...prompt];
-  for (let generated = 0; generated < maxTokens; generated++) {
-    const step = await session.forward(input, cache, adapter);
-    options.signal?.throwIfAborted();
-    cache = step.cache;
-    const vocab = session.config.vocab_size;
-    const last = step.logits.slice((input.length - 1) * vocab, input.length * vocab);
-    const token = sampleToken(last, tokens, options, random);
-    tokens.push(token);
+  try {
+    let input: readonly number[] = [...adapter.virtualTokens, ...prompt];
+    for (let generated = 0; generated < maxTokens; generated++) {
+      const step = await session.forward(input, cache, adapter);
+      if (cache !== step.cache) session.dispose(cache);
+      cache = step.cache;
+      options.signal?.throwIfAborted();
+      const vocab = session.config.vocab_size;
+      const last = step.logits.slice((input.length - 1) * vocab, input.length * vocab);
+      const token = sampleToken(last, tokens, options, random);
+      tokens.push(token);
 
-    if (eos.has(token)) {
-      const rest = stream.flush();
-      yield { token, text: rest, finishReason: 'eos' };
-      return 'eos';
+      if (eos.has(token)) {
+        const rest = stream.flush();
+        yield { token, text: rest, finishReason: 'eos' };
+        return 'eos';
+      }
+      const text = stream.push(token);
+      if (stream.stopped !== undefined) {
+        yield { token, text, finishReason: 'stop' };
+        return 'stop';
+      }
+      const atLimit = generated + 1 === maxTokens;
+      const atContext = cache.length + 1 > context;
+      if (atLimit || atContext) {
+        const reason = atLimit ? 'length' : 'context';
+        yield { token, text: text + stream.flush(), finishReason: reason };
+        return reason;
+      }
+      yield { token, text };
+      input = [token];
     }
-    const text = stream.push(token);
-    if (stream.stopped !== undefined) {
-      yield { token, text, finishReason: 'stop' };
-      return 'stop';
-    }
-    const atLimit = generated + 1 === maxTokens;
-    const atContext = cache.length + 1 > context;
-    if (atLimit || atContext) {
-      const reason = atLimit ? 'length' : 'context';
-      yield { token, text: text + stream.flush(), finishReason: reason };
-      return reason;
-    }
-    yield { token, text };
-    input = [token];
+  } finally {
+    // Frees the GPU cache (WebGPU) however the request ends: done, aborted, or the consumer stopped.
+    session.dispose(cache);
+    session.end(adapter);
   }
   return 'length';
 }

@@ -69,13 +69,20 @@ export class LanguageModel {
    * active adapter (its virtual tokens, if any, run first and get no rows here).
    */
   async logits(tokens: readonly number[]): Promise<Float32Array[]> {
-    const adapter = this.session.active;
+    const adapter = this.session.begin();
     const virtual = adapter.virtualTokens;
-    const { logits } = await this.session.forward(
-      [...virtual, ...tokens],
-      this.session.startCache(adapter),
-      adapter,
-    );
+    let logits: Float32Array;
+    try {
+      const step = await this.session.forward(
+        [...virtual, ...tokens],
+        this.session.startCache(adapter),
+        adapter,
+      );
+      this.session.dispose(step.cache);
+      logits = step.logits;
+    } finally {
+      this.session.end(adapter);
+    }
     const vocab = this.config.vocab_size;
     const skip = virtual.length;
     return tokens.map((_, i) => logits.slice((skip + i) * vocab, (skip + i + 1) * vocab));

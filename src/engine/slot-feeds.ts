@@ -33,7 +33,7 @@ export function slotTensors(
       const f = feeds?.modules.get(module);
       if (!f) return;
       placed.add(module);
-      // A [in, r] into row k of [n, in, rank] (zero-padded columns); B [r, out] into [n, rank, out].
+      // A [in, r] into block k of [n * in, rank] (zero-padded columns); B [r, out] into [n * rank, out].
       for (let i = 0; i < g.in; i++) a.set(f.a.subarray(i * f.rank, (i + 1) * f.rank), (k * g.in + i) * rank);
       b.set(f.b, k * rank * g.out);
       if (f.scaleIn) {
@@ -45,10 +45,10 @@ export function slotTensors(
         scaleOut.set(f.scaleOut, k * g.out);
       }
     });
-    out[g.a] = new Tensor('float32', a, [n, g.in, rank]);
-    out[g.b] = new Tensor('float32', b, [n, rank, g.out]);
-    if (g.scaleIn && scaleIn) out[g.scaleIn] = new Tensor('float32', scaleIn, [n, g.in]);
-    if (g.scaleOut && scaleOut) out[g.scaleOut] = new Tensor('float32', scaleOut, [n, g.out]);
+    out[g.a] = new Tensor('float32', a, [n * g.in, rank]);
+    out[g.b] = new Tensor('float32', b, [n * rank, g.out]);
+    if (g.scaleIn && scaleIn) out[g.scaleIn] = new Tensor('float32', scaleIn, [n * g.in]);
+    if (g.scaleOut && scaleOut) out[g.scaleOut] = new Tensor('float32', scaleOut, [n * g.out]);
   }
   for (const module of feeds?.modules.keys() ?? []) {
     if (!placed.has(module)) {

@@ -16,13 +16,17 @@
  *
  * Inputs are packed by module kind, because onnxruntime-web pays a fixed cost per graph input on
  * every run (about 5-15 µs; 840 separate slot inputs cost SmolLM2-135M more than half its decode
- * time). All modules of one kind (`self_attn.q_proj` of every layer, ...) share one input per slot:
+ * time). All modules of one kind (`self_attn.q_proj` of every layer, ...) share one input per slot,
+ * their rows stacked along the first axis:
  *
- *   lora_A.{kind}    [modules, in, rank]     lora_B.{kind}    [modules, rank, out]
- *   scale_in.{kind}  [modules, in]           scale_out.{kind} [modules, out]
+ *   lora_A.{kind}    [modules * in, rank]     lora_B.{kind}    [modules * rank, out]
+ *   scale_in.{kind}  [modules * in]           scale_out.{kind} [modules * out]
  *
- * and each module gathers its row. The rank is shared within a kind (shorter ranks are zero-padded,
- * which changes nothing).
+ * and one Split per input cuts it into the modules' own 2-D blocks (B's split sizes come from A's
+ * rank, `Shape(A)[1]`). A Split costs one node per input instead of a Gather per module, and its
+ * blocks are plain 2-D matrices, which onnxruntime multiplies faster than a batch-broadcast 3-D
+ * slice (bench/decode-overhead.ts measures both). The rank is shared within a kind (shorter ranks are
+ * zero-padded, which changes nothing).
  *
  * The token embedding gets a prompt slot: token ids >= vocab_size are virtual tokens that look up
  * `prompt_embeddings` [rows, hidden] (row id - vocab_size) instead of the embedding table. Prompt
@@ -45,19 +49,23 @@ import {
 } from '../formats/onnx/onnx_pb.js';
 import { withFields } from '../formats/onnx/index.js';
 import { linearNodes } from './llama.js';
-import { valueInfo } from './builder.js';
+import { attribute, valueInfo } from './builder.js';
 import { linearPrefix, linearShape } from './quantized-linear.js';
 
 export interface SlotOptions {
   /** Modules that get a slot (HF names); default every linear module of the graph. */
   modules?: readonly string[];
-  /** scale_out inputs (IA3 on outputs, DoRA). Default true. */
-  outputScales?: boolean;
+  /**
+   * Which modules get scale_out (IA3 on outputs, DoRA): true (default) = all, false = none, or a
+   * list of module names (their whole kind gets the input: it is packed per kind).
+   */
+  outputScales?: boolean | readonly string[];
   /**
    * Which modules get scale_in (IA3 on feedforward modules): 'feedforward' (default) = the
-   * `mlp.down_proj` modules, PEFT's feedforward module for Llama; 'all'; or 'none'.
+   * `mlp.down_proj` modules, PEFT's feedforward module for Llama; 'all'; 'none'; or a list of
+   * module names (per kind, as above).
    */
-  inputScales?: 'feedforward' | 'all' | 'none';
+  inputScales?: 'feedforward' | 'all' | 'none' | readonly string[];
   /** The prompt-embedding slot (prompt tuning, P-tuning). Default true. */
   prompt?: boolean;
 }
@@ -101,21 +109,22 @@ export function addAdapterSlots(
   const graph = withFields(source, { initializer: [...source.initializer] });
   const initializers = new Map(graph.initializer.map((t) => [t.name, t]));
   const wanted = options.modules ? new Set(options.modules) : undefined;
+  const kinds = (modules: readonly string[]) => new Set(modules.map(moduleKind));
+  const outputScales = options.outputScales ?? true;
+  const outputKinds = typeof outputScales === 'boolean' ? undefined : kinds(outputScales);
+  const outputScaled = (kind: string) => outputKinds?.has(kind) ?? outputScales === true;
   const inputScales = options.inputScales ?? 'feedforward';
+  const inputKinds = typeof inputScales === 'string' ? undefined : kinds(inputScales);
+  const inputScaled = (kind: string, module: string) =>
+    inputKinds?.has(kind) ??
+    (inputScales === 'all' || (inputScales === 'feedforward' && FEEDFORWARD.test(module)));
   const patches = new Map<NodeProto, NodeProto[]>();
   const newInputs: ValueInfoProto[] = [];
   const groups = new Map<string, SlotGroup>();
   const node = (opType: string, name: string, input: string[]) =>
     create(NodeProtoSchema, { opType, name, input, output: [`${name}_output_0`] });
-  const rowIndex = (k: number) => {
-    const name = `/adapter_slots/row_${k}`;
-    if (!initializers.has(name)) {
-      const t = int64Tensor(name, [k], []);
-      initializers.set(name, t);
-      graph.initializer.push(t);
-    }
-    return name;
-  };
+  // The block of module k in a packed input; made by the input's Split (below).
+  const block = (input: string, k: number) => `${input}/block_${k}`;
 
   for (const { module, node: matmul } of linearNodes(model)) {
     if (wanted && !wanted.has(module)) continue;
@@ -125,10 +134,8 @@ export function addAdapterSlots(
     let group = groups.get(kind);
     if (!group) {
       group = { kind, in: inF, out: outF, modules: [], a: `lora_A.${kind}`, b: `lora_B.${kind}` };
-      if (options.outputScales ?? true) group.scaleOut = `scale_out.${kind}`;
-      if (inputScales === 'all' || (inputScales === 'feedforward' && FEEDFORWARD.test(module))) {
-        group.scaleIn = `scale_in.${kind}`;
-      }
+      if (outputScaled(kind)) group.scaleOut = `scale_out.${kind}`;
+      if (inputScaled(kind, module)) group.scaleIn = `scale_in.${kind}`;
       groups.set(kind, group);
     } else if (group.in !== inF || group.out !== outF) {
       throw new ModelFormatError(
@@ -137,7 +144,7 @@ export function addAdapterSlots(
         `${module} is [${inF}, ${outF}], other ${kind} are [${group.in}, ${group.out}]`,
       );
     }
-    const row = rowIndex(group.modules.length);
+    const k = group.modules.length;
     group.modules.push(module);
 
     const x = matmul.input[0];
@@ -145,9 +152,8 @@ export function addAdapterSlots(
     const nodes: NodeProto[] = [];
     let input = x;
     if (group.scaleIn) {
-      const s = node('Gather', `${p}/scale_in/Gather`, [group.scaleIn, row]);
-      const m = node('Mul', `${p}/scale_in/Mul`, [x, s.output[0]]);
-      nodes.push(s, m);
+      const m = node('Mul', `${p}/scale_in/Mul`, [x, block(group.scaleIn, k)]);
+      nodes.push(m);
       input = m.output[0];
     }
     // Keep every weight input (a quantized op also takes scales / absmax / zero points).
@@ -158,22 +164,19 @@ export function addAdapterSlots(
     nodes.push(base);
     let scaled = base.output[0];
     if (group.scaleOut) {
-      const s = node('Gather', `${p}/scale_out/Gather`, [group.scaleOut, row]);
-      const m = node('Mul', `${p}/scale_out/Mul`, [scaled, s.output[0]]);
-      nodes.push(s, m);
+      const m = node('Mul', `${p}/scale_out/Mul`, [scaled, block(group.scaleOut, k)]);
+      nodes.push(m);
       scaled = m.output[0];
     }
-    const a = node('Gather', `${p}/lora_A/Gather`, [group.a, row]);
-    const b = node('Gather', `${p}/lora_B/Gather`, [group.b, row]);
-    const xa = node('MatMul', `${p}/lora_A/MatMul`, [x, a.output[0]]);
-    const xab = node('MatMul', `${p}/lora_B/MatMul`, [xa.output[0], b.output[0]]);
+    const xa = node('MatMul', `${p}/lora_A/MatMul`, [x, block(group.a, k)]);
+    const xab = node('MatMul', `${p}/lora_B/MatMul`, [xa.output[0], block(group.b, k)]);
     const sum = create(NodeProtoSchema, {
       opType: 'Add',
       name: `${p}/lora/Add`,
       input: [scaled, xab.output[0]],
       output: [matmul.output[0]],
     });
-    nodes.push(a, b, xa, xab, sum);
+    nodes.push(xa, xab, sum);
     patches.set(matmul, nodes);
   }
   if (wanted) {
@@ -187,12 +190,51 @@ export function addAdapterSlots(
       );
     }
   }
+  // One Split per packed input, into the blocks the modules read: [n * rows, ...] -> n x [rows, ...].
+  const reads: NodeProto[] = [];
+  const constant = (name: string, values: number[]) => {
+    if (!initializers.has(name)) {
+      const t = int64Tensor(name, values);
+      initializers.set(name, t);
+      graph.initializer.push(t);
+    }
+    return name;
+  };
+  const split = (input: string, n: number, sizes: string) =>
+    create(NodeProtoSchema, {
+      opType: 'Split',
+      name: `/adapter_slots/${input}/Split`,
+      input: [input, sizes],
+      output: Array.from({ length: n }, (_, k) => block(input, k)),
+      attribute: [attribute('axis', 0)],
+    });
   for (const g of groups.values()) {
     const n = g.modules.length;
     const rank = `lora_rank.${g.kind}`;
-    newInputs.push(valueInfo(g.a, 'float32', [n, g.in, rank]), valueInfo(g.b, 'float32', [n, rank, g.out]));
-    if (g.scaleIn) newInputs.push(valueInfo(g.scaleIn, 'float32', [n, g.in]));
-    if (g.scaleOut) newInputs.push(valueInfo(g.scaleOut, 'float32', [n, g.out]));
+    newInputs.push(
+      valueInfo(g.a, 'float32', [n * g.in, rank]),
+      valueInfo(g.b, 'float32', [`lora_rows.${g.kind}`, g.out]),
+    );
+    reads.push(split(g.a, n, constant(`/adapter_slots/sizes_${n}x${g.in}`, Array(n).fill(g.in))));
+    // B's blocks are [rank, out]: the sizes are A's rank, n times.
+    const rankOf = create(NodeProtoSchema, {
+      opType: 'Shape',
+      name: `/adapter_slots/${g.a}/Shape`,
+      input: [g.a],
+      output: [`/adapter_slots/${g.a}/rank`],
+      attribute: [attribute('start', 1)],
+    });
+    const ranks = node('Concat', `/adapter_slots/${g.b}/sizes`, Array(n).fill(rankOf.output[0]));
+    ranks.attribute.push(attribute('axis', 0));
+    reads.push(rankOf, ranks, split(g.b, n, ranks.output[0]));
+    for (const [scale, size] of [
+      [g.scaleIn, g.in],
+      [g.scaleOut, g.out],
+    ] as const) {
+      if (!scale) continue;
+      newInputs.push(valueInfo(scale, 'float32', [n * size]));
+      reads.push(split(scale, n, constant(`/adapter_slots/sizes_${n}x${size}`, Array(n).fill(size))));
+    }
   }
 
   const layout: SlotLayout = { groups: [...groups.values()] };
@@ -236,7 +278,7 @@ export function addAdapterSlots(
     layout.prompt = { input: PROMPT_EMBEDDINGS, vocabSize: vocab, hidden };
   }
 
-  const nodes = graph.node.flatMap((n) => patches.get(n) ?? [n]);
+  const nodes = [...reads, ...graph.node.flatMap((n) => patches.get(n) ?? [n])];
   const patched = withFields(graph, { node: nodes, input: [...graph.input, ...newInputs] });
   return { model: withFields(model, { graph: patched }), layout };
 }

@@ -112,22 +112,6 @@ function exposeAll(model: ModelProto): { model: ModelProto; names: string[] } {
 
 type Feeds = Record<string, ort.Tensor>;
 
-/**
- * Slots at rank 0 (a module the adapter leaves alone) as rank 1 of zeros, for both backends alike:
- * the WebGPU backend feeds them so (engine/backend.ts), and the comparison needs the same shapes.
- */
-function withRankAtLeastOne(b: Backend, slots: Feeds): Feeds {
-  const out = { ...slots };
-  for (const [name, t] of Object.entries(slots)) {
-    const [n, d1, d2] = t.dims;
-    if (name.startsWith('lora_A.') && d2 === 0)
-      out[name] = new b.ort.Tensor('float32', new Float32Array(n * d1), [n, d1, 1]);
-    if (name.startsWith('lora_B.') && d1 === 0)
-      out[name] = new b.ort.Tensor('float32', new Float32Array(n * d2), [n, 1, d2]);
-  }
-  return out;
-}
-
 function values(t: ort.Tensor): Float64Array {
   const d = t.data as ArrayLike<number | bigint | boolean>;
   return Float64Array.from({ length: d.length }, (_, i) => Number(d[i]));
@@ -186,7 +170,10 @@ export async function compareOps(
         BigInt64Array.from(tokens, (_, i) => BigInt(length + i)),
         [1, tokens.length],
       ),
-      ...withRankAtLeastOne(b, slotTensors(b.ort, layout, feeds)),
+      // Slots at rank 0 (modules the adapter leaves alone) as rank 1 of zeros on both backends
+      // alike: the WebGPU backend feeds them so (engine/decoder-session.ts), and the comparison
+      // needs the same shapes.
+      ...slotTensors(b.ort, layout, feeds, 1),
     };
     for (let i = 0; i < config.num_hidden_layers; i++) {
       for (const kind of ['key', 'value']) {

@@ -17,6 +17,7 @@ import type { ActiveSpec, AdapterInfo } from '../../src/runtime.js';
 import { AdapterFormatError, EdgeAdaptersError, InvalidInputError } from '../../src/errors.js';
 import { FetchError } from '../../src/store/errors.js';
 import { compareOps, type OpComparison } from './ops-page.js';
+import { gpuResidency, type GpuResidency } from './gpu-residency-page.js';
 
 export interface LongTask {
   start: number;
@@ -211,6 +212,12 @@ const api = {
   longTasks: (since: number): LongTask[] => longTasks.filter((t) => t.start + t.duration >= since),
   now: (): number => performance.now(),
 
+  gpuResidency: (modelUrl: string, adapterUrl: string): Promise<GpuResidency> =>
+    gpuResidency(
+      new URL(modelUrl, location.href).href,
+      new URL(adapterUrl, location.href).href,
+      new URL(ORT_DIST, location.href).href,
+    ),
   compareOps: (modelUrl: string, adapterUrl: string | undefined): Promise<OpComparison> =>
     compareOps(
       new URL(modelUrl, location.href).href,

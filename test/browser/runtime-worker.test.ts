@@ -290,6 +290,21 @@ describe('WebGPU (onnxruntime-web/webgpu)', () => {
     for (const op of c.ops) expect(c.perOp[op]?.outputs, op).toBeGreaterThan(0);
   });
 
+  it('the KV cache and the adapter tensors stay on the GPU, and are freed when dropped', async () => {
+    const r = await h.page.evaluate(() =>
+      window.edge.gpuResidency('/served/model/', '/served/adapters/lora/'),
+    );
+    expect(r).toMatchObject({
+      slots: ['gpu-buffer'],
+      prefillCache: ['gpu-buffer'],
+      decodeCache: ['gpu-buffer'],
+      disposedCache: ['none'],
+      heldAfterDeactivate: ['gpu-buffer'], // a request still holds the replaced adapter
+      releasedAfterEnd: ['none'],
+    });
+    expect(r.logitsMaxAbsDiff).toBeLessThan(1e-3);
+  });
+
   it('greedy text in the worker on WebGPU equals Node’s, without and with an adapter', async () => {
     const { backend } = await h.page.evaluate(() =>
       window.edge.load('gpu', { model: '/served/model/', backend: 'webgpu' }),
