@@ -1,7 +1,16 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'src/formats/onnx/onnx_pb.ts'] },
+  {
+    ignores: [
+      'dist/**',
+      'node_modules/**',
+      'demo/out/**',
+      'bench/out/**',
+      'models/out/**',
+      'src/formats/onnx/onnx_pb.ts',
+    ],
+  },
   ...tseslint.configs.recommended,
   {
     rules: {

@@ -12,6 +12,8 @@
  *   swap (adapters)        issue 3: adapters.activate -> first token, per method, vs merge + rebuild
  *   decode (overhead)      issue 3: decode cost of adapter slots and active adapters, paired
  *   browser                wasm vs wasm in headless Chromium: ours vs transformers.js's web build
+ *   store (browser-store)  issue 4: adapter activation from IndexedDB vs memory, IndexedDB read MB/s,
+ *                          decode tok/s on wasm and WebGPU, in the worker in headless Chromium
  *
  * Options: --models stories260K,smollm2-135m (throughput, browser)  --threads 1,2 (all; swap uses
  * the first; decode defaults to 1)  --rounds N (throughput, browser)  --steps N (decode pairs)
@@ -23,13 +25,19 @@ import { parseArgs } from 'node:util';
 import { runThroughput, tpWorker, type TpSpec } from './throughput.js';
 import { runSwap, swapWorker, type SwapSpec } from './swap.js';
 import { runBrowser } from './browser.js';
+import { runBrowserStore } from './browser-store.js';
 import { overheadWorker, runOverhead, type OverheadSpec } from './decode-overhead.js';
 import { machineLine, progress } from './lib/report.js';
 import type { ModelName } from './lib/models.js';
 
-const PARTS = ['throughput', 'swap', 'decode', 'browser'] as const;
+const PARTS = ['throughput', 'swap', 'decode', 'browser', 'store'] as const;
 type Part = (typeof PARTS)[number];
-const ALIASES: Record<string, Part> = { adapters: 'swap', overhead: 'decode', base: 'throughput' };
+const ALIASES: Record<string, Part> = {
+  adapters: 'swap',
+  overhead: 'decode',
+  base: 'throughput',
+  'browser-store': 'store',
+};
 
 async function worker(kind: string, spec: string): Promise<void> {
   if (kind === 'throughput') return tpWorker(JSON.parse(spec) as TpSpec);
@@ -53,7 +61,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser] [--quick] [--models stories260K,smollm2-135m]\n' +
+      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser,store] [--quick] [--models stories260K,smollm2-135m]\n' +
         '                        [--threads 1,2] [--rounds N] [--steps N] [--with-slots]',
     );
     return;
@@ -103,6 +111,9 @@ async function main(): Promise<void> {
     }),
   );
   await timed('browser', () => runBrowser({ models, threads, rounds: rounds ?? (quick ? 2 : 3) }));
+  await timed('store', () =>
+    runBrowserStore({ rounds: rounds ?? (quick ? 3 : 7), decodeTokens: quick ? 8 : 32 }),
+  );
   progress(`done in ${((performance.now() - t0) / 60000).toFixed(1)} min`);
 }
 

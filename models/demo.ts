@@ -6,10 +6,8 @@
  * are the embeddings of a text, so it steers every story toward that text.
  */
 import { Runtime } from '../src/runtime.js';
-import { createPeftAdapter } from '../src/formats/peft-adapter.js';
-import { parsePeftConfig } from '../src/formats/peft-config.js';
-import { float32Entry } from '../src/formats/safetensors.js';
 import { ensureDefaultModel } from './default-model.js';
+import { promptTuningFromText } from './prompt-adapter.js';
 
 const prompt = process.argv[2] ?? 'One day, they';
 const steer = process.argv[3] ?? 'Tom and his dog Max went to the beach.';
@@ -25,29 +23,7 @@ await show('base model');
 
 // The virtual tokens open the story (BOS + the text); the prompt then continues it, without a BOS of
 // its own (BOS starts a new story for this model).
-const ids = rt.model.tokenizer.encode(steer, { bos: true });
-const hidden = rt.model.config.hidden_size;
-const table = rt.adapters.baseWeight('model.embed_tokens');
-const embeddings = new Float32Array(ids.length * hidden);
-ids.forEach((id, k) => embeddings.set(table.subarray(id * hidden, (id + 1) * hidden), k * hidden));
-const config = parsePeftConfig({
-  peft_type: 'PROMPT_TUNING',
-  task_type: 'CAUSAL_LM',
-  num_virtual_tokens: ids.length,
-  token_dim: hidden,
-  num_transformer_submodules: 1,
-  num_attention_heads: rt.model.config.num_attention_heads,
-  num_layers: rt.model.config.num_hidden_layers,
-  prompt_tuning_init: 'TEXT',
-  prompt_tuning_init_text: steer,
-  tokenizer_name_or_path: 'stories260K',
-  base_model_name_or_path: 'stories260K',
-  inference_mode: true,
-});
-await rt.adapters.add(
-  'steer',
-  createPeftAdapter(config, [['prompt_embeddings', float32Entry(embeddings, [ids.length, hidden])]]),
-);
+await rt.adapters.add('steer', promptTuningFromText(rt, steer));
 await rt.adapters.activate('steer');
 await show(`prompt-tuning adapter "${steer}"`, rt.model.tokenizer.encode(` ${prompt}`));
 rt.adapters.deactivate();

@@ -1,369 +1,63 @@
 /**
- * The runtime in a web worker, driven from the page through comlink.
+ * The page side of the runtime in a web worker (the worker side is src/worker-runtime.ts).
  *
- *   // the worker file (workers/runtime.worker.ts):
- *   expose(new RuntimeWorker());
- *
- *   // the page:
- *   const rt = await createRuntime({ model: '/models/stories260K/', onProgress: (p) => ... });
- *   rt.backend;                                       // { name: 'wasm', reason: '...' }
- *   await rt.adapters.add('pirate', '/adapters/pirate/', { onProgress });
- *   await rt.adapters.activate('pirate');
+ *   const rt = await createRuntime({ model: '/models/stories260K/', manifest: '/adapters.json', onProgress });
+ *   rt.backend;                                        // { name: 'wasm', reason: '...' }
+ *   rt.restored;                                       // { active: [...] } the selection of the last session
+ *   await rt.adapters.catalog();                       // the manifest's adapters: cached? added? active?
+ *   await rt.adapters.install('pirate', { onProgress }); // IndexedDB, else downloaded, verified, cached
+ *   await rt.adapters.add('mine', '/adapters/mine/');  // any PEFT folder URL, or the files' bytes
+ *   await rt.adapters.activate('pirate');              // remembered for the next session
  *   for await (const chunk of rt.generate('Once upon a time', { signal })) ...
  *
- * The page holds `RemoteRuntime`: the comlink proxy (`rt.remote`, typed as `Remote<RuntimeWorker>`)
- * plus what cannot cross the boundary as is: an async iterator over a proxied chunk callback, an
- * AbortSignal turned into a remote `abort(id)`, progress callbacks wrapped with `comlink.proxy`, big
- * buffers transferred. Errors keep their class across the boundary (`instanceof AdapterFormatError`
- * works on the page: importing this module extends comlink's 'throw' transfer handler, in both realms,
- * to carry the error's class and fields); a worker that dies rejects every pending call with a
- * `WorkerError`. One worker holds one model; requests run one at a time, in order.
+ * `RemoteRuntime` is the comlink proxy (`rt.remote`, typed as `Remote<RuntimeWorker>`) plus what
+ * cannot cross the boundary as is: an async iterator over a proxied chunk callback, an AbortSignal
+ * turned into a remote `abort(id)`, progress callbacks wrapped with `comlink.proxy`, big buffers
+ * transferred. Errors keep their class across the boundary (src/wire-errors.ts). A worker that dies —
+ * terminated, crashed, closed — rejects every pending call with a `WorkerError` (a Web Lock the worker
+ * holds while it lives tells the page when it is gone).
  *
  * Backend choice (`backend`, default 'auto'): WebGPU (onnxruntime-web/webgpu) when the browser has a
  * hardware WebGPU adapter and every op type of the patched graph is in WEBGPU_VERIFIED_OPS, wasm
  * otherwise; `rt.backend` says which and why.
  */
-import { proxy, releaseProxy, transfer, transferHandlers, wrap, type Remote } from 'comlink';
-import type { TransferHandler } from 'comlink';
-import {
-  AdapterFormatError,
-  EdgeAdaptersError,
-  IncompatibleAdapterError,
-  InvalidInputError,
-  ModelFormatError,
-} from './errors.js';
-import { FetchError, IntegrityError, ManifestError, QuotaError } from './store/errors.js';
+import { proxy, transfer, wrap, type Remote } from 'comlink';
+import { fromWireError } from './wire-errors.js';
+import type { BackendReport, BrowserBackend } from './engine/backend.js';
 import type { FinishReason, GenerateOptions, GenerationChunk } from './engine/generate.js';
 import type { Completion } from './engine/language-model.js';
-import type { ActiveSpec, AdapterInfo, Runtime } from './runtime.js';
-import type { FileSource } from './formats/files.js';
+import type { ActiveSpec, AdapterInfo } from './runtime.js';
+import type { CatalogEntry, InstalledAdapter, RestoreReport } from './adapter-catalog.js';
+import type { StoreUsage } from './store/adapter-store.js';
 import type { FetchProgress } from './store/fetch.js';
-import { chooseBackend, type BackendReport, type BrowserBackend } from './engine/backend.js';
-
-// ---------------------------------------------------------------------------------------------
-// What crosses the boundary
+import type {
+  AdapterBytes,
+  AdapterCacheOptions,
+  DownloadProgress,
+  LoadProgress,
+  RuntimeWorker,
+} from './worker-runtime.js';
 
 export type { BackendReport, BrowserBackend } from './engine/backend.js';
 export { WEBGPU_VERIFIED_OPS } from './engine/backend.js';
+export * from './errors.js';
+export { FetchError, IntegrityError, ManifestError, QuotaError } from './store/errors.js';
+export type { CatalogEntry, InstalledAdapter, RestoreReport } from './adapter-catalog.js';
+export type { CorruptEntry, StoreUsage } from './store/adapter-store.js';
+export type { FetchProgress } from './store/fetch.js';
+export type {
+  AdapterBytes,
+  AdapterCacheOptions,
+  DownloadProgress,
+  LoadProgress,
+  RuntimeWorker,
+  WorkerGenerateOptions,
+} from './worker-runtime.js';
 
-export interface WorkerLoadOptions {
-  /** Absolute URL of the model folder. */
-  model: string;
-  backend?: BrowserBackend | 'auto';
-  /** WebAssembly threads (need a cross-origin isolated page: COOP/COEP headers). */
-  threads?: number;
-  /** Absolute URL of the folder serving onnxruntime-web's `dist/` (`ort-wasm-simd-threaded*.mjs|.wasm`). */
-  wasmPaths?: string;
-}
-
-/** One file of a download: bytes received so far and the expected size (Content-Length), when known. */
-export interface DownloadProgress extends FetchProgress {
-  /** The file's name in its folder (`model.onnx`, `adapter_model.safetensors`). */
-  file: string;
-  url: string;
-}
-
-export type LoadProgress =
-  | ({ stage: 'download' } & DownloadProgress)
-  /** Every file is in; the inference session is being built on this backend. */
-  | { stage: 'session'; backend: BrowserBackend; reason: string };
-
-/** Generation options that can cross the boundary (the AbortSignal stays on the page). */
-export type WorkerGenerateOptions = Omit<GenerateOptions, 'signal'>;
-
-export type AdapterBytes = { config: Uint8Array; weights: Uint8Array };
-
-// ---------------------------------------------------------------------------------------------
-// Errors keep their class across the boundary
-
-const ERROR_CLASSES: Record<string, { prototype: Error }> = {
-  EdgeAdaptersError,
-  ModelFormatError,
-  AdapterFormatError,
-  IncompatibleAdapterError,
-  InvalidInputError,
-  ManifestError,
-  IntegrityError,
-  FetchError,
-  QuotaError,
-};
-
-interface WireError {
-  name: string;
-  message: string;
-  stack?: string;
-  /** Own fields of the error (file, field, status, sizes, ...), when they clone. */
-  fields: Record<string, unknown>;
-}
-
-function toWireError(error: Error): WireError {
-  const fields: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(error)) {
-    if (key === 'cause') continue;
-    try {
-      fields[key] = structuredClone(value);
-    } catch {
-      // a field that does not clone stays behind
-    }
-  }
-  return { name: error.name, message: error.message, stack: error.stack, fields };
-}
-
-function fromWireError(wire: WireError): Error {
-  if (wire.name === 'AbortError' || wire.name === 'TimeoutError')
-    return new DOMException(wire.message, wire.name);
-  // A real Error (engines and tools treat it as one) given the class of the worker's error.
-  const error = new Error(wire.message);
-  const Class = ERROR_CLASSES[wire.name];
-  if (Class !== undefined) Object.setPrototypeOf(error, Class.prototype);
-  Object.assign(error, wire.fields);
-  Object.defineProperty(error, 'name', { value: wire.name, writable: true, configurable: true });
-  if (wire.stack !== undefined) error.stack = wire.stack;
-  return error;
-}
-
-type Thrown = { isError: true; value: WireError } | { isError: false; value: unknown };
-const comlinkThrow = transferHandlers.get('throw') as TransferHandler<{ value: unknown }, Thrown>;
-transferHandlers.set('throw', {
-  canHandle: (value: unknown): value is { value: unknown } => comlinkThrow.canHandle(value),
-  serialize: ({ value }: { value: unknown }): [Thrown, Transferable[]] => [
-    value instanceof Error ? { isError: true, value: toWireError(value) } : { isError: false, value },
-    [],
-  ],
-  deserialize: (thrown: Thrown): never => {
-    throw thrown.isError ? fromWireError(thrown.value) : thrown.value;
-  },
-} satisfies TransferHandler<{ value: unknown }, Thrown>);
-
-/** The worker stopped: terminated, failed to load, or hit an uncaught error. Pending calls reject with it. */
+/** The worker stopped: terminated, closed, failed to load, or crashed. Pending calls reject with it. */
 export class WorkerError extends Error {
   override name = 'WorkerError';
 }
-
-// ---------------------------------------------------------------------------------------------
-// The worker side: a thin adapter over Runtime
-
-/** Calls a proxied page callback without waiting for it; `flush` waits until the page ran them all. */
-class Relay<T> {
-  private readonly pending = new Set<Promise<unknown>>();
-  constructor(private readonly callback: ((value: T) => unknown) | undefined) {}
-  send(value: T): void {
-    if (!this.callback) return;
-    const p = Promise.resolve(this.callback(value)).catch(() => undefined);
-    this.pending.add(p);
-    void p.finally(() => this.pending.delete(p));
-  }
-  async flush(): Promise<void> {
-    while (this.pending.size) await Promise.all(this.pending);
-  }
-  /** Flushes and frees the page side of a proxied callback. */
-  async close(): Promise<void> {
-    await this.flush();
-    const release = (this.callback as Partial<Remote<() => void>> | undefined)?.[releaseProxy];
-    if (typeof release === 'function') release.call(this.callback);
-  }
-}
-
-/** Resolves after the event loop ran pending messages (an abort), unlike a resolved promise. */
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => {
-    const { port1, port2 } = new MessageChannel();
-    port1.onmessage = () => {
-      port1.close();
-      resolve();
-    };
-    port2.postMessage(null);
-  });
-}
-
-/** Files under a folder URL with download progress; a 404 is a missing file. Reads are kept for a second read. */
-async function downloadSource(
-  folder: string,
-  onProgress: ((p: DownloadProgress) => void) | undefined,
-): Promise<FileSource & { clear(): void }> {
-  const { fetchWithProgress } = await import('./store/fetch.js');
-  const base = new URL(folder.endsWith('/') ? folder : `${folder}/`);
-  const kept = new Map<string, Promise<Uint8Array | undefined>>();
-  const read = async (name: string): Promise<Uint8Array | undefined> => {
-    const url = new URL(name, base).href;
-    try {
-      return await fetchWithProgress(url, {
-        onProgress: onProgress && ((p) => onProgress({ file: name, url, ...p })),
-      });
-    } catch (e) {
-      if (e instanceof FetchError && e.status === 404) return undefined;
-      throw e;
-    }
-  };
-  return {
-    label: base.href,
-    read(name) {
-      let bytes = kept.get(name);
-      if (bytes === undefined) kept.set(name, (bytes = read(name)));
-      return bytes;
-    },
-    clear: () => kept.clear(),
-  };
-}
-
-/** The op types of the graph as it will run: the model with its adapter slots. */
-async function patchedGraphOps(files: FileSource): Promise<string[]> {
-  const [{ readModelFolder }, { decodeModel }, { addAdapterSlots }] = await Promise.all([
-    import('./formats/model-folder.js'),
-    import('./formats/onnx/index.js'),
-    import('./graph/adapter-slots.js'),
-  ]);
-  const folder = await readModelFolder(files);
-  const graph = addAdapterSlots(decodeModel(folder.onnx, `${folder.label}/${folder.onnxFile}`)).model;
-  const ops = new Set<string>();
-  for (const node of graph.graph?.node ?? [])
-    ops.add(node.domain ? `${node.domain}.${node.opType}` : node.opType);
-  return [...ops].sort();
-}
-
-/**
- * What the worker exposes. Each method is a thin adapter over `Runtime`: it only turns what cannot
- * be cloned (callbacks, signals, generators) into what can, and transfers big buffers.
- */
-export class RuntimeWorker {
-  private runtime: Runtime | undefined;
-  private report: BackendReport | undefined;
-  private readonly requests = new Map<number, AbortController>();
-  /** Requests run one at a time: one session, one KV cache. */
-  private queue: Promise<unknown> = Promise.resolve();
-
-  async load(options: WorkerLoadOptions, onProgress?: (p: LoadProgress) => void): Promise<BackendReport> {
-    if (this.runtime) throw new Error('this worker has loaded a model already');
-    const relay = new Relay(onProgress);
-    try {
-      const files = await downloadSource(options.model, (p) => relay.send({ stage: 'download', ...p }));
-      const requested = options.backend ?? 'auto';
-      const ops = await patchedGraphOps(files);
-      const choice = await chooseBackend(requested, ops);
-      this.report = choice;
-      relay.send({ stage: 'session', backend: choice.name, reason: choice.reason });
-      const { Runtime } = await import('./runtime.js');
-      this.runtime = await Runtime.create({
-        model: files,
-        backend: choice.name,
-        threads: options.threads,
-        wasmPaths: options.wasmPaths,
-      });
-      files.clear();
-      return this.report;
-    } finally {
-      await relay.close();
-    }
-  }
-
-  /** Which backend runs the model and why (after `load`). */
-  backend(): BackendReport {
-    if (!this.report) throw new Error('no model loaded: call load() first');
-    return this.report;
-  }
-
-  private rt(): Runtime {
-    if (!this.runtime) throw new Error('no model loaded: call load() first');
-    return this.runtime;
-  }
-
-  private exclusive<T>(run: () => Promise<T>): Promise<T> {
-    const result = this.queue.then(run);
-    this.queue = result.catch(() => undefined);
-    return result;
-  }
-
-  /**
-   * Streams chunks to `onChunk` (a comlink-proxied page function); resolves with the finish reason
-   * once the page has received every chunk. `abort(id)` cancels it between tokens.
-   */
-  async generate(
-    id: number,
-    prompt: string | readonly number[],
-    options: WorkerGenerateOptions,
-    onChunk: (chunk: GenerationChunk) => void,
-  ): Promise<FinishReason> {
-    const controller = new AbortController();
-    this.requests.set(id, controller);
-    const relay = new Relay(onChunk);
-    try {
-      return await this.exclusive(async () => {
-        const chunks = this.rt().generate(prompt, { ...options, signal: controller.signal });
-        for (;;) {
-          const next = await chunks.next();
-          if (next.done) return next.value;
-          relay.send(next.value);
-          await yieldToEventLoop(); // lets an abort message in between tokens
-        }
-      });
-    } finally {
-      this.requests.delete(id);
-      await relay.close();
-    }
-  }
-
-  abort(id: number): void {
-    this.requests.get(id)?.abort(new DOMException('generation aborted', 'AbortError'));
-  }
-
-  async complete(
-    prompt: string | readonly number[],
-    options: WorkerGenerateOptions = {},
-  ): Promise<Completion> {
-    return this.exclusive(() => this.rt().complete(prompt, options));
-  }
-
-  async logits(tokens: readonly number[]): Promise<Float32Array[]> {
-    const rows = await this.exclusive(() => this.rt().logits(tokens));
-    return transfer(
-      rows,
-      rows.map((r) => r.buffer as ArrayBuffer),
-    );
-  }
-
-  /** Marked as a proxy so that the page's Remote type has its methods (comlink calls them by path). */
-  readonly adapters = proxy({
-    /** From a folder URL (absolute; progress per file) or the two files' bytes. */
-    add: async (
-      id: string,
-      source: string | AdapterBytes,
-      onProgress?: (p: DownloadProgress) => void,
-    ): Promise<AdapterInfo> => {
-      const relay = new Relay(onProgress);
-      try {
-        const from = typeof source === 'string' ? await downloadSource(source, (p) => relay.send(p)) : source;
-        return await this.rt().adapters.add(id, from);
-      } finally {
-        await relay.close();
-      }
-    },
-    activate: (spec: string | readonly (string | ActiveSpec)[]): Promise<void> =>
-      this.rt().adapters.activate(spec),
-    deactivate: (): void => this.rt().adapters.deactivate(),
-    active: (): ActiveSpec[] => this.rt().adapters.active(),
-    list: (): AdapterInfo[] => this.rt().adapters.list(),
-    remove: (id: string): Promise<void> => this.rt().adapters.remove(id),
-    /** adapter_config.json and adapter_model.safetensors, copied out and transferred. */
-    export: (id: string): Map<string, Uint8Array> => {
-      const files = new Map([...this.rt().adapters.export(id)].map(([name, bytes]) => [name, bytes.slice()]));
-      return transfer(
-        files,
-        [...files.values()].map((b) => b.buffer as ArrayBuffer),
-      );
-    },
-  });
-
-  async release(): Promise<void> {
-    for (const controller of this.requests.values())
-      controller.abort(new DOMException('released', 'AbortError'));
-    await this.queue;
-    await this.runtime?.release();
-    this.runtime = undefined;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The page side
 
 export interface CreateRuntimeOptions {
   /** URL of a model folder (relative to the page). */
@@ -376,6 +70,17 @@ export interface CreateRuntimeOptions {
   /** The worker script (default: workers/runtime.worker.js beside this package's src/). */
   workerUrl?: URL;
   onProgress?: (progress: LoadProgress) => void;
+  /**
+   * URL of an adapters.json (docs/adapter-manifest.md): enables `adapters.catalog()`, `install()`,
+   * `uninstall()`, `usage()`, and remembers the active selection in IndexedDB across sessions.
+   */
+  manifest?: string | URL;
+  /** The adapter cache in IndexedDB: byte budget (default 512 MiB) and database name. */
+  cache?: AdapterCacheOptions;
+  /** The `weights` string the manifest's base fingerprint was made with (modelFingerprint), if any. */
+  baseWeights?: string;
+  /** Activate the selection remembered from the last session (default true, with a manifest). */
+  restore?: boolean;
 }
 
 export interface AddAdapterOptions {
@@ -387,7 +92,25 @@ export interface AddAdapterOptions {
   transfer?: boolean;
 }
 
+export interface InstallAdapterOptions {
+  /** Cancels the download; nothing is stored. */
+  signal?: AbortSignal;
+  /** Bytes received and the total (the manifest's); one complete event when read from IndexedDB. */
+  onProgress?: (progress: FetchProgress) => void;
+}
+
 const absoluteUrl = (url: string | URL): string => new URL(String(url), globalThis.location?.href).href;
+
+/** navigator.storage.persist() where the page has it: true when the origin's storage is persistent. */
+async function persistStorage(): Promise<boolean | undefined> {
+  const storage = globalThis.navigator?.storage;
+  if (storage?.persist === undefined) return undefined;
+  try {
+    return (await storage.persisted()) || (await storage.persist());
+  } catch {
+    return false;
+  }
+}
 
 /** Starts a worker, loads the model in it and returns the page's handle. */
 export function createRuntime(options: CreateRuntimeOptions): Promise<RemoteRuntime> {
@@ -399,6 +122,9 @@ export class RemoteRuntime {
   /** The comlink proxy of the worker's RuntimeWorker. */
   readonly remote: Remote<RuntimeWorker>;
   private report!: BackendReport;
+  private fingerprint!: string;
+  private restoreReport: RestoreReport = { active: [] };
+  private storagePersisted: boolean | undefined;
   private nextId = 1;
   private failure: WorkerError | undefined;
   private readonly failed: Promise<never>;
@@ -407,19 +133,29 @@ export class RemoteRuntime {
   /** createRuntime(options). */
   static async start(options: CreateRuntimeOptions): Promise<RemoteRuntime> {
     const url = options.workerUrl ?? new URL('../workers/runtime.worker.js', import.meta.url);
-    const rt = new RemoteRuntime(new Worker(url, { type: 'module', name: 'edge-adapters' }), url);
+    const rt = new RemoteRuntime(new Worker(url, { type: 'module', name: 'edge-adapters' }), url, options);
     try {
-      rt.report = await rt.call(
+      await rt.watch();
+      if (options.manifest !== undefined) rt.storagePersisted = await persistStorage();
+      const loaded = await rt.call(
         rt.remote.load(
           {
             model: absoluteUrl(options.model),
             backend: options.backend,
             threads: options.threads,
             wasmPaths: options.wasmPaths === undefined ? undefined : absoluteUrl(options.wasmPaths),
+            manifest: options.manifest === undefined ? undefined : absoluteUrl(options.manifest),
+            cache: options.cache,
+            baseWeights: options.baseWeights,
+            restore: options.restore,
           },
           options.onProgress ? proxy(options.onProgress) : undefined,
         ),
       );
+      rt.report = loaded.backend;
+      rt.fingerprint = loaded.baseFingerprint;
+      const { active, error } = loaded.restored;
+      rt.restoreReport = { active, ...(error ? { error: fromWireError(error) } : {}) };
       return rt;
     } catch (e) {
       rt.terminate();
@@ -430,6 +166,7 @@ export class RemoteRuntime {
   private constructor(
     private readonly worker: Worker,
     private readonly url: URL,
+    private readonly options: CreateRuntimeOptions,
   ) {
     this.remote = wrap<RuntimeWorker>(worker);
     this.failed = new Promise<never>((_, reject) => {
@@ -451,9 +188,38 @@ export class RemoteRuntime {
     });
   }
 
+  /**
+   * The worker holds a Web Lock while it lives; the page asks for it and gets it when the worker is
+   * gone, however it went (a worker that closes itself or is killed fires no 'error' event).
+   */
+  private async watch(): Promise<void> {
+    const locks = globalThis.navigator?.locks;
+    if (locks === undefined) return; // not a secure context: 'error' events are the only signal
+    const name = `edge-adapters-worker-${crypto.randomUUID()}`;
+    await this.call(this.remote.hold(name));
+    void locks.request(name, () =>
+      this.fail(new WorkerError(`the runtime worker ${this.url.href} stopped (it closed or was killed)`)),
+    );
+  }
+
   /** Which backend runs the model, and why. */
   get backend(): BackendReport {
     return this.report;
+  }
+
+  /** The loaded base's modelFingerprint: what a manifest entry's `base` must be. */
+  get baseFingerprint(): string {
+    return this.fingerprint;
+  }
+
+  /** The adapter selection of the last session, active again (with a manifest), or why it is not. */
+  get restored(): RestoreReport {
+    return this.restoreReport;
+  }
+
+  /** With a manifest: whether navigator.storage.persist() made the origin's storage persistent. */
+  get persisted(): boolean | undefined {
+    return this.storagePersisted;
   }
 
   /** Awaits a remote call, or the worker's failure, whichever comes first. */
@@ -560,7 +326,45 @@ export class RemoteRuntime {
     remove: (id: string): Promise<void> => this.call(this.remote.adapters.remove(id)),
     /** The adapter in PEFT format, byte for byte as loaded. */
     export: (id: string): Promise<Map<string, Uint8Array>> => this.call(this.remote.adapters.export(id)),
+
+    // With a manifest (createRuntime's `manifest`):
+
+    /** The manifest's adapters, with whether each is for this base, cached, added and active. */
+    catalog: (): Promise<CatalogEntry[]> => this.call(this.remote.adapters.catalog()),
+    /**
+     * Adds the manifest's adapter `id`: from IndexedDB when its copy is intact (sha256), else
+     * downloaded with progress, verified and cached all or nothing. An adapter for another base is
+     * refused (IncompatibleAdapterError) before anything is downloaded. Then `activate(id)` it.
+     */
+    install: async (id: string, options: InstallAdapterOptions = {}): Promise<InstalledAdapter> => {
+      const { signal, onProgress } = options;
+      signal?.throwIfAborted();
+      const request = this.nextId++;
+      const onAbort = () => void this.remote.abort(request).catch(() => undefined);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        const { cacheError, ...installed } = await this.call(
+          this.remote.adapters.install(request, id, onProgress ? proxy(onProgress) : undefined),
+        );
+        return { ...installed, ...(cacheError ? { cacheError: fromWireError(cacheError) } : {}) };
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+      }
+    },
+    /** Removes an installed adapter from the runtime and from IndexedDB; true when it was in either. */
+    uninstall: (id: string): Promise<boolean> => this.call(this.remote.adapters.uninstall(id)),
+    /** The cache's bytes, entries and budget, and the origin's quota and usage. */
+    usage: (): Promise<StoreUsage> => this.call(this.remote.adapters.usage()),
   };
+
+  /**
+   * Stops this worker (if it still runs) and starts a new one with the same options: the model loads
+   * again and, with a manifest, the remembered adapter selection comes back from IndexedDB.
+   */
+  restart(): Promise<RemoteRuntime> {
+    this.terminate();
+    return RemoteRuntime.start(this.options);
+  }
 
   /** Frees the session and stops the worker. */
   async release(): Promise<void> {

@@ -4,6 +4,8 @@
  * got [32]".
  */
 export class EdgeAdaptersError extends Error {
+  // Each class names itself in a string (not new.target.name), so minified bundles keep the names
+  // that identify errors across the worker boundary (src/wire-errors.ts).
   /** The file, URL or input the error is about ("config.json", "tokens", ...). */
   readonly file: string;
   /** The field, tensor or key inside it, when one is at fault. */
@@ -11,20 +13,28 @@ export class EdgeAdaptersError extends Error {
 
   constructor(file: string, field: string | undefined, message: string) {
     super(`${file}${field === undefined ? '' : `: ${field}`}: ${message}`);
-    this.name = new.target.name;
+    this.name = 'EdgeAdaptersError';
     this.file = file;
     this.field = field;
   }
 }
 
 /** A model file (checkpoint, config.json, ONNX, tokenizer) is malformed or unsupported. */
-export class ModelFormatError extends EdgeAdaptersError {}
+export class ModelFormatError extends EdgeAdaptersError {
+  override name = 'ModelFormatError';
+}
 
 /** A PEFT adapter file (adapter_config.json, safetensors) is malformed or unsupported. */
-export class AdapterFormatError extends EdgeAdaptersError {}
+export class AdapterFormatError extends EdgeAdaptersError {
+  override name = 'AdapterFormatError';
+}
 
 /** A well-formed adapter that does not fit the loaded base model. */
-export class IncompatibleAdapterError extends EdgeAdaptersError {}
+export class IncompatibleAdapterError extends EdgeAdaptersError {
+  override name = 'IncompatibleAdapterError';
+}
 
 /** A request the model cannot serve: token ids outside the vocabulary, a prompt past the context. */
-export class InvalidInputError extends EdgeAdaptersError {}
+export class InvalidInputError extends EdgeAdaptersError {
+  override name = 'InvalidInputError';
+}

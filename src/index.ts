@@ -22,3 +22,12 @@ export { parsePeftAdapter, serializePeftAdapter, type PeftAdapter } from './form
 export { parsePeftConfig, type PeftConfig } from './formats/peft-config.js';
 export * from './errors.js';
 export * from './store/index.js';
+export {
+  AdapterCatalog,
+  DEFAULT_BUDGET_BYTES,
+  type CatalogEntry,
+  type CatalogOptions,
+  type InstallOptions,
+  type InstalledAdapter,
+  type RestoreReport,
+} from './adapter-catalog.js';

@@ -1,5 +1,5 @@
 /** The worker entry: the runtime behind comlink, nothing more. The page side is createRuntime (src/client.ts). */
 import { expose } from 'comlink';
-import { RuntimeWorker } from '../src/client.js';
+import { RuntimeWorker } from '../src/worker-runtime.js';
 
 expose(new RuntimeWorker());

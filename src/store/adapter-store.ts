@@ -53,8 +53,11 @@ export interface AdapterStoreOptions {
   dbName?: string;
   /** A corrupted entry was found, deleted and answered as a miss. */
   onCorrupt?: (entry: CorruptEntry) => void;
-  /** An entry was evicted, to stay under the budget or to make room after a quota error. */
-  onEvict?: (entry: StoredAdapter, reason: EvictionReason) => void;
+  /**
+   * An entry was evicted, to stay under the budget or to make room after a quota error; `forId` is
+   * the adapter being stored that needed the room (undefined when opening the store swept it).
+   */
+  onEvict?: (entry: StoredAdapter, reason: EvictionReason, forId: string | undefined) => void;
   /** The clock for lastUsed (default Date.now). */
   now?: () => number;
 }
@@ -185,7 +188,7 @@ export class AdapterStore {
   readonly dbName: string;
   readonly #db: UseStore;
   readonly #onCorrupt: ((e: CorruptEntry) => void) | undefined;
-  readonly #onEvict: ((e: StoredAdapter, reason: EvictionReason) => void) | undefined;
+  readonly #onEvict: AdapterStoreOptions['onEvict'];
   readonly #now: () => number;
   #clock = 0;
   #opened: Promise<void> | undefined;
@@ -333,7 +336,7 @@ export class AdapterStore {
             });
             return () => planned;
           });
-          for (const v of victims) this.#onEvict?.(v, 'budget');
+          for (const v of victims) this.#onEvict?.(v, 'budget', id);
           return;
         } catch (e) {
           if (!isQuotaExceeded(e)) throw e;
@@ -374,7 +377,7 @@ export class AdapterStore {
       });
       return () => planned;
     });
-    for (const v of victims) this.#onEvict?.(v, 'quota');
+    for (const v of victims) this.#onEvict?.(v, 'quota', id);
     return total(victims);
   }
 
@@ -501,6 +504,6 @@ export class AdapterStore {
       return () => ({ evicted, clock });
     });
     this.#clock = Math.max(this.#clock, clock);
-    for (const v of evicted) this.#onEvict?.(v, 'budget');
+    for (const v of evicted) this.#onEvict?.(v, 'budget', undefined);
   }
 }

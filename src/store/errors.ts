@@ -6,13 +6,18 @@
 import { EdgeAdaptersError } from '../errors.js';
 
 /** adapters.json is malformed: names the manifest and the field (`adapters[2].sha256`). */
-export class ManifestError extends EdgeAdaptersError {}
+export class ManifestError extends EdgeAdaptersError {
+  override name = 'ManifestError';
+}
 
 /** Downloaded or stored bytes do not match the manifest's byte count or sha256. */
-export class IntegrityError extends EdgeAdaptersError {}
+export class IntegrityError extends EdgeAdaptersError {
+  override name = 'IntegrityError';
+}
 
 /** A download failed: network error, HTTP status, or a body that ended early. */
 export class FetchError extends EdgeAdaptersError {
+  override name = 'FetchError';
   /** The HTTP status, when the server answered. */
   readonly status: number | undefined;
   /** The message without the URL. */
@@ -42,6 +47,7 @@ export interface QuotaSizes {
 
 /** An adapter does not fit: over the store's budget, or the browser's quota is exhausted. */
 export class QuotaError extends EdgeAdaptersError {
+  override name = 'QuotaError';
   readonly sizes: QuotaSizes;
 
   constructor(id: string, message: string, sizes: QuotaSizes) {

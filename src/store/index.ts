@@ -37,4 +37,6 @@ export {
   isQuotaExceeded,
   metaKey,
 } from './adapter-store.js';
-export { type LoadAdapterOptions, type LoadedAdapter, loadAdapter } from './load.js';
+export { type LoadAdapterOptions, type LoadedAdapter, cacheSource, loadAdapter } from './load.js';
+export { type DownloadProgress, folderDownload } from './folder-download.js';
+export { type RememberedSpec, SessionState } from './session-state.js';

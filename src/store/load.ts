@@ -40,6 +40,11 @@ export interface LoadedAdapter {
   cacheError?: Error;
 }
 
+/** The cache key of an entry: the manifest hash of what the stored bytes are made from. */
+export function cacheSource(entry: ManifestEntry): string {
+  return entry.format === 'zip' ? entry.sha256 : `${entry.sha256}+${entry.config_sha256 ?? ''}`;
+}
+
 /**
  * Load `entry`: IncompatibleAdapterError when `entry.base` is not `baseFingerprint` (nothing is
  * downloaded); otherwise the cached copy when it is intact, else a download checked against the
@@ -58,8 +63,7 @@ export async function loadAdapter(entry: ManifestEntry, opts: LoadAdapterOptions
   signal?.throwIfAborted();
   const url = resolveUrl(entry.url, opts.manifestUrl) ?? entry.url;
   const label = `${entry.id} <${url}>`;
-  // The cache key: the manifest hash of what the stored bytes were made from.
-  const source = entry.format === 'zip' ? entry.sha256 : `${entry.sha256}+${entry.config_sha256 ?? ''}`;
+  const source = cacheSource(entry);
 
   let corrupt = false;
   if (store !== undefined) {

@@ -6,6 +6,7 @@
  *   await h.page.evaluate(...);
  *   await h.close();
  */
+import { execFileSync } from 'node:child_process';
 import { createReadStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import http from 'node:http';
@@ -122,10 +123,11 @@ export interface Browser {
 /**
  * Headless Chromium with a fresh profile, no network beyond the test server, and WebGPU enabled
  * (`--enable-unsafe-webgpu`: headless Chromium then offers SwiftShader's software Vulkan adapter).
+ * `profile`: the user-data-dir to use (default: a new temp folder, removed on close).
  */
-export async function launchBrowser(): Promise<Browser> {
-  const profile = mkdtempSync(path.join(tmpdir(), 'edge-adapters-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
+export async function launchBrowser(profile?: string): Promise<Browser> {
+  const dir = profile ?? mkdtempSync(path.join(tmpdir(), 'edge-adapters-chromium-'));
+  const context = await chromium.launchPersistentContext(dir, {
     executablePath: CHROMIUM,
     headless: true,
     timeout: 30_000,
@@ -149,7 +151,31 @@ export async function launchBrowser(): Promise<Browser> {
     log,
     async close() {
       await context.close().catch(() => undefined);
-      rmSync(profile, { recursive: true, force: true });
+      if (profile === undefined) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A tmpfs of `size` (e.g. '48m') mounted on a new temp folder: a disk that really fills up, so that
+ * a Chromium profile on it meets a real QuotaExceededError. Needs the privilege to mount (root);
+ * throws saying so otherwise. `unmount()` removes it.
+ */
+export function mountTmpfs(size: string): { dir: string; unmount(): void } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'edge-adapters-tmpfs-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' });
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(
+      `mounting a ${size} tmpfs failed (the quota test needs root, or CAP_SYS_ADMIN in a container): ${String((e as { stderr?: unknown }).stderr ?? e)}`,
+    );
+  }
+  return {
+    dir,
+    unmount() {
+      execFileSync('umount', [dir]);
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }
@@ -161,18 +187,38 @@ export interface Harness extends Browser {
   origin: string;
 }
 
+/** Where the test page is served. */
+export const PAGE_PATH = '/served/bundle/index.html';
+
+/** Opens the test page and waits until its script has set `window[global]` (default 'edge'). */
+export async function openTestPage(page: Page, origin: string, global = 'edge'): Promise<void> {
+  await page.goto(`${origin}${PAGE_PATH}`);
+  await page.waitForFunction((name) => name in window, global, { timeout: 30_000 });
+}
+
+export interface HarnessOptions {
+  /** The test page's entry (default test/browser/page.ts, which sets `window.edge`). */
+  page?: string;
+  /** The global the page's script sets when it is ready (default 'edge'). */
+  global?: string;
+}
+
 /**
  * Everything a browser test needs: a temp folder served at /served/ (`prepare` fills it), bundles of the
- * worker and the test page in it, the server, the browser, and the page opened.
+ * worker and the test page in it (opened at `${origin}${PAGE_PATH}`), the server, the browser, and the
+ * page opened.
  */
-export async function startHarness(prepare: (work: string) => Promise<void> | void): Promise<Harness> {
+export async function startHarness(
+  prepare: (work: string) => Promise<void> | void,
+  options: HarnessOptions = {},
+): Promise<Harness> {
   const work = mkdtempSync(path.join(tmpdir(), 'edge-adapters-browser-'));
   let server: Server | undefined;
   let browser: Browser | undefined;
   try {
     await prepare(work);
     await bundle(
-      { worker: 'workers/runtime.worker.ts', page: 'test/browser/page.ts' },
+      { worker: 'workers/runtime.worker.ts', page: options.page ?? 'test/browser/page.ts' },
       path.join(work, 'bundle'),
     );
     writeFileSync(
@@ -181,8 +227,7 @@ export async function startHarness(prepare: (work: string) => Promise<void> | vo
     );
     server = await startServer({ '/': ROOT, '/served/': work });
     browser = await launchBrowser();
-    await browser.page.goto(`${server.origin}/served/bundle/index.html`);
-    await browser.page.waitForFunction(() => 'edge' in window, undefined, { timeout: 30_000 });
+    await openTestPage(browser.page, server.origin, options.global);
     const s = server;
     const b = browser;
     return {

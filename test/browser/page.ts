@@ -14,8 +14,13 @@ import {
 } from '../../src/client.js';
 import type { FinishReason, GenerateOptions } from '../../src/engine/generate.js';
 import type { ActiveSpec, AdapterInfo } from '../../src/runtime.js';
-import { AdapterFormatError, EdgeAdaptersError, InvalidInputError } from '../../src/errors.js';
-import { FetchError } from '../../src/store/errors.js';
+import {
+  AdapterFormatError,
+  EdgeAdaptersError,
+  IncompatibleAdapterError,
+  InvalidInputError,
+} from '../../src/errors.js';
+import { FetchError, IntegrityError, QuotaError } from '../../src/store/errors.js';
 import { compareOps, type OpComparison } from './ops-page.js';
 import { gpuResidency, type GpuResidency } from './gpu-residency-page.js';
 
@@ -41,28 +46,32 @@ export interface Failure {
   field?: string;
 }
 
-const ORT_DIST = '/node_modules/onnxruntime-web/dist/';
-const runtimes = new Map<string, RemoteRuntime>();
+export const ORT_DIST = '/node_modules/onnxruntime-web/dist/';
+/** The runtimes the tests started, by key (other test pages add theirs here too). */
+export const runtimes = new Map<string, RemoteRuntime>();
 const running = new Map<string, Promise<{ chunks: number; failure?: Failure }>>();
 const longTasks: LongTask[] = [];
 new PerformanceObserver((list) => {
   for (const e of list.getEntries()) longTasks.push({ start: e.startTime, duration: e.duration });
 }).observe({ type: 'longtask', buffered: true });
 
-function get(key: string): RemoteRuntime {
+export function get(key: string): RemoteRuntime {
   const rt = runtimes.get(key);
   if (!rt) throw new Error(`no runtime "${key}"`);
   return rt;
 }
 
-function failure(e: unknown): Failure {
+export function failure(e: unknown): Failure {
   const error = e as Partial<EdgeAdaptersError>;
   const classes = Object.entries({
     WorkerError,
     EdgeAdaptersError,
     AdapterFormatError,
     InvalidInputError,
+    IncompatibleAdapterError,
     FetchError,
+    IntegrityError,
+    QuotaError,
   })
     .filter(([, C]) => e instanceof C)
     .map(([name]) => name);
