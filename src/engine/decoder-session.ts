@@ -177,10 +177,11 @@ export class DecoderSession {
     if (conditioning !== this.conditioning) disposeAll(conditioning.slots);
   }
 
-  /** Frees a cache's GPU tensors (nothing on the CPU). The prefix of an adapter is never freed here. */
+  /**
+   * Frees a cache's GPU tensors; CPU tensors (every cache on wasm, an adapter's prefix everywhere)
+   * are left to the garbage collector.
+   */
   dispose(cache: KvCache): void {
-    if (cache.tensors === this.conditioning.prefix?.tensors) return;
-    for (const c of this.users.keys()) if (cache.tensors === c.prefix?.tensors) return;
     disposeAll(Object.fromEntries(cache.tensors));
   }
 
