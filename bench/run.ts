@@ -27,6 +27,7 @@ import { runSwap, swapWorker, type SwapSpec } from './swap.js';
 import { runBrowser } from './browser.js';
 import { runBrowserStore } from './browser-store.js';
 import { overheadWorker, runOverhead, type OverheadSpec } from './decode-overhead.js';
+import { runSlotReads } from './slot-reads.js';
 import { machineLine, progress } from './lib/report.js';
 import type { ModelName } from './lib/models.js';
 
@@ -103,13 +104,14 @@ async function main(): Promise<void> {
       mergeRepeats: quick ? 1 : 2,
     }),
   );
-  await timed('decode', () =>
-    runOverhead({
+  await timed('decode', async () => {
+    await runSlotReads(quick ? 10 : 40);
+    await runOverhead({
       threads: values.threads ? threads : [1],
       steps: values.steps ? Number(values.steps) : quick ? 24 : 48,
       control: !quick,
-    }),
-  );
+    });
+  });
   await timed('browser', () => runBrowser({ models, threads, rounds: rounds ?? (quick ? 2 : 3) }));
   await timed('store', () =>
     runBrowserStore({ rounds: rounds ?? (quick ? 3 : 7), decodeTokens: quick ? 8 : 32 }),
