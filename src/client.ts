@@ -36,6 +36,7 @@ import type {
   DownloadProgress,
   LoadProgress,
   RuntimeWorker,
+  WorkerLoadOptions,
 } from './worker-runtime.js';
 
 export type { BackendReport, BrowserBackend } from './engine/backend.js';
@@ -81,6 +82,12 @@ export interface CreateRuntimeOptions {
   baseWeights?: string;
   /** Activate the selection remembered from the last session (default true, with a manifest). */
   restore?: boolean;
+  /**
+   * The adapter slots to patch into the graph (loadModel's `slots`). `{ adapters: [configs] }` (PEFT
+   * adapter_config.json objects, parsed with parsePeftConfig) gives the fastest graph for a known set
+   * of adapters; default: every slot, so any adapter can be activated.
+   */
+  slots?: WorkerLoadOptions['slots'];
 }
 
 export interface AddAdapterOptions {
@@ -148,6 +155,7 @@ export class RemoteRuntime {
             cache: options.cache,
             baseWeights: options.baseWeights,
             restore: options.restore,
+            slots: options.slots,
           },
           options.onProgress ? proxy(options.onProgress) : undefined,
         ),

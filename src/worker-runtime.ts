@@ -18,6 +18,7 @@ import type { StoreUsage } from './store/adapter-store.js';
 import type { FetchProgress } from './store/fetch.js';
 import { folderDownload, type DownloadProgress } from './store/folder-download.js';
 import { modelFingerprint } from './store/manifest.js';
+import type { LoadModelOptions } from './load-model.js';
 
 // ---------------------------------------------------------------------------------------------
 // What crosses the boundary
@@ -38,6 +39,11 @@ export interface WorkerLoadOptions {
   cache?: AdapterCacheOptions;
   /** The `weights` string of the base's fingerprint, when the manifest's publisher used one. */
   baseWeights?: string;
+  /**
+   * The adapter slots to patch (loadModel's `slots`): `{ adapters: [configs] }` gives the cheapest
+   * graph for a known set of adapters. Default: every slot.
+   */
+  slots?: LoadModelOptions['slots'];
   /** Activate the selection remembered from the last session (default true; needs `manifest`). */
   restore?: boolean;
 }
@@ -106,14 +112,20 @@ function yieldToEventLoop(): Promise<void> {
 }
 
 /** The op types of the graph as it will run: the model with its adapter slots. */
-async function patchedGraphOps(files: FileSource): Promise<string[]> {
-  const [{ readModelFolder }, { decodeModel }, { addAdapterSlots }] = await Promise.all([
+async function patchedGraphOps(files: FileSource, slots: LoadModelOptions['slots']): Promise<string[]> {
+  const [{ readModelFolder }, { decodeModel }, { addAdapterSlots }, { slotsFor }] = await Promise.all([
     import('./formats/model-folder.js'),
     import('./formats/onnx/index.js'),
     import('./graph/adapter-slots.js'),
+    import('./methods/slots-for.js'),
   ]);
   const folder = await readModelFolder(files);
-  const graph = addAdapterSlots(decodeModel(folder.onnx, `${folder.label}/${folder.onnxFile}`)).model;
+  const base = decodeModel(folder.onnx, `${folder.label}/${folder.onnxFile}`);
+  const graph =
+    slots === false
+      ? base
+      : addAdapterSlots(base, slots && 'adapters' in slots ? slotsFor(slots.adapters, folder.config) : slots)
+          .model;
   const ops = new Set<string>();
   for (const node of graph.graph?.node ?? [])
     ops.add(node.domain ? `${node.domain}.${node.opType}` : node.opType);
@@ -148,7 +160,7 @@ export class RuntimeWorker {
     try {
       const files = folderDownload(options.model, (p) => relay.send({ stage: 'download', ...p }));
       const requested = options.backend ?? 'auto';
-      const ops = await patchedGraphOps(files);
+      const ops = await patchedGraphOps(files, options.slots);
       const choice = await chooseBackend(requested, ops);
       relay.send({ stage: 'session', backend: choice.name, reason: choice.reason });
       const config = (await readJson(files, 'config.json')) as object;
@@ -162,6 +174,7 @@ export class RuntimeWorker {
         backend: choice.name,
         threads: options.threads,
         wasmPaths: options.wasmPaths,
+        slots: options.slots,
       });
       files.clear();
       let restored: WorkerLoadResult['restored'] = { active: [] };

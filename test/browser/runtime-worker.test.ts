@@ -10,6 +10,7 @@ import { fixture } from '../fixtures.js';
 import { main } from '../../src/cli.js';
 import { Runtime } from '../../src/runtime.js';
 import { WEBGPU_VERIFIED_OPS } from '../../src/client.js';
+import { parsePeftConfig } from '../../src/formats/peft-config.js';
 import { makeIa3Adapter, makeLoraAdapter, type AdapterFiles } from '../helpers/peft-fixtures.js';
 import { startHarness, type Harness } from './harness.js';
 import type { LoadProgress } from '../../src/client.js';
@@ -133,6 +134,33 @@ describe('the runtime in a worker, on wasm', () => {
     expect(want).not.toBe(GOLDEN_CONTINUATION); // the adapter changes the text
     expect(out.text).toBe(want);
     await h.page.evaluate(() => window.edge.remove('wasm', 'lora'));
+  });
+
+  it('slots for declared adapters: the same text as Node, and an undeclared adapter is refused', async () => {
+    const config = parsePeftConfig(
+      JSON.parse(new TextDecoder().decode(ADAPTERS.lora.get('adapter_config.json'))),
+    );
+    await h.page.evaluate(
+      (c) =>
+        window.edge.load('declared', { model: '/served/model/', backend: 'wasm', slots: { adapters: [c] } }),
+      config,
+    );
+    for (const id of ['lora', 'ia3'])
+      await h.page.evaluate((id) => window.edge.addAdapter('declared', id, `/served/adapters/${id}/`), id);
+    await h.page.evaluate(() => window.edge.activate('declared', 'lora'));
+    const out = await h.page.evaluate(([p, n]) => window.edge.generate('declared', p, { maxTokens: n }), [
+      PROMPT,
+      SHORT,
+    ] as const);
+    expect(out.text).toBe(await nodeText('lora', SHORT));
+    const refused = await h.page.evaluate(() =>
+      window.edge.activate('declared', 'ia3').then(
+        () => 'activated',
+        (e: Error) => `${e.name}: ${e.message}`,
+      ),
+    );
+    expect(refused).toMatch(/^IncompatibleAdapterError: .*model\.layers\.0\.self_attn\.k_proj/);
+    await h.page.evaluate(() => window.edge.release('declared'));
   });
 
   it('three adapters download with progress adding up to their files, and switch in any order', async () => {
