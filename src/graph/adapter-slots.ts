@@ -216,17 +216,16 @@ export function addAdapterSlots(
       valueInfo(g.b, 'float32', [`lora_rows.${g.kind}`, g.out]),
     );
     reads.push(split(g.a, n, constant(`/adapter_slots/sizes_${n}x${g.in}`, Array(n).fill(g.in))));
-    // B's blocks are [rank, out]: the sizes are A's rank, n times.
-    const rankOf = create(NodeProtoSchema, {
-      opType: 'Shape',
-      name: `/adapter_slots/${g.a}/Shape`,
-      input: [g.a],
-      output: [`/adapter_slots/${g.a}/rank`],
-      attribute: [attribute('start', 1)],
-    });
+    // B's blocks are [rank, out]: the sizes are A's rank, n times. (Shape(A)[1] by Gather, not
+    // Shape's `start`, which needs opset 15: exported models often declare 14.)
+    const shape = node('Shape', `/adapter_slots/${g.a}/Shape`, [g.a]);
+    const rankOf = node('Gather', `/adapter_slots/${g.a}/rank`, [
+      shape.output[0],
+      constant('/adapter_slots/one', [1]),
+    ]);
     const ranks = node('Concat', `/adapter_slots/${g.b}/sizes`, Array(n).fill(rankOf.output[0]));
     ranks.attribute.push(attribute('axis', 0));
-    reads.push(rankOf, ranks, split(g.b, n, ranks.output[0]));
+    reads.push(shape, rankOf, ranks, split(g.b, n, ranks.output[0]));
     for (const [scale, size] of [
       [g.scaleIn, g.in],
       [g.scaleOut, g.out],
