@@ -35,6 +35,10 @@ const formats: [string, string[]][] = [
   ['int4 (block 32)', ['--format', 'int4', '--block-size', '32']],
   ['nf4 (block 64)', ['--format', 'nf4']],
   ['nf4 + double quant', ['--format', 'nf4', '--double-quant']],
+  ['int8, embedding too', ['--format', 'int8', '--embeddings']],
+  ['int4 (block 32), embedding too', ['--format', 'int4', '--block-size', '32', '--embeddings']],
+  ['nf4 (block 64), embedding too (int4)', ['--format', 'nf4', '--embeddings']],
+  ['int4 (block 32), lm_head float', ['--format', 'int4', '--block-size', '32', '--exclude-lm-head']],
 ];
 const text = readFileSync(`${FIXTURES}corpora/tinystories-197KB.txt`, 'utf8');
 const heldOut = text.slice(text.length - 64_000);

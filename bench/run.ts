@@ -14,10 +14,13 @@
  *   browser                wasm vs wasm in headless Chromium: ours vs transformers.js's web build
  *   store (browser-store)  issue 4: adapter activation from IndexedDB vs memory, IndexedDB read MB/s,
  *                          decode tok/s on wasm and WebGPU, in the worker in headless Chromium
+ *   quant (qlora)          issue 5: quantized bases — kernels per backend; disk, memory, decode tok/s
+ *                          of fp32 / int8 / int4 / nf4 with a LoRA active, in Node and Chromium
  *
  * Options: --models stories260K,smollm2-135m (throughput, browser)  --threads 1,2 (all; swap uses
  * the first; decode defaults to 1)  --rounds N (throughput, browser)  --steps N (decode pairs)
- * --with-slots (throughput: also our wasm engine with adapter slots patched in).
+ * --with-slots (throughput: also our wasm engine with adapter slots patched in)
+ * --quant-parts kernels,node,chromium (quant; default all).
  *
  * Generated models go to bench/out/ (gitignored). Workers are child processes of this file.
  */
@@ -28,22 +31,25 @@ import { runBrowser } from './browser.js';
 import { runBrowserStore } from './browser-store.js';
 import { overheadWorker, runOverhead, type OverheadSpec } from './decode-overhead.js';
 import { runSlotReads } from './slot-reads.js';
+import { QUANT_PARTS, quantWorker, runQuant, type QuantSpec } from './quant.js';
 import { machineLine, progress } from './lib/report.js';
 import type { ModelName } from './lib/models.js';
 
-const PARTS = ['throughput', 'swap', 'decode', 'browser', 'store'] as const;
+const PARTS = ['throughput', 'swap', 'decode', 'browser', 'store', 'quant'] as const;
 type Part = (typeof PARTS)[number];
 const ALIASES: Record<string, Part> = {
   adapters: 'swap',
   overhead: 'decode',
   base: 'throughput',
   'browser-store': 'store',
+  qlora: 'quant',
 };
 
 async function worker(kind: string, spec: string): Promise<void> {
   if (kind === 'throughput') return tpWorker(JSON.parse(spec) as TpSpec);
   if (kind === 'swap') return swapWorker(JSON.parse(spec) as SwapSpec);
   if (kind === 'overhead') return overheadWorker(JSON.parse(spec) as OverheadSpec);
+  if (kind === 'quant') return quantWorker(JSON.parse(spec) as QuantSpec);
   throw new Error(`unknown worker kind ${kind}`);
 }
 
@@ -57,13 +63,14 @@ async function main(): Promise<void> {
       rounds: { type: 'string' },
       steps: { type: 'string' },
       'with-slots': { type: 'boolean' },
+      'quant-parts': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
     console.log(
-      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser,store] [--quick] [--models stories260K,smollm2-135m]\n' +
-        '                        [--threads 1,2] [--rounds N] [--steps N] [--with-slots]',
+      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser,store,quant] [--quick] [--models stories260K,smollm2-135m]\n' +
+        '                        [--threads 1,2] [--rounds N] [--steps N] [--with-slots] [--quant-parts kernels,node,chromium]',
     );
     return;
   }
@@ -115,6 +122,15 @@ async function main(): Promise<void> {
   await timed('browser', () => runBrowser({ models, threads, rounds: rounds ?? (quick ? 2 : 3) }));
   await timed('store', () =>
     runBrowserStore({ rounds: rounds ?? (quick ? 3 : 7), decodeTokens: quick ? 8 : 32 }),
+  );
+  await timed('quant', () =>
+    runQuant({
+      parts: values['quant-parts']?.split(',') ?? QUANT_PARTS,
+      rounds: rounds ?? (quick ? 2 : 5),
+      steps: values.steps ? Number(values.steps) : quick ? 8 : 16,
+      gpuRounds: quick ? 1 : 3,
+      gpuSteps: quick ? 2 : 3,
+    }),
   );
   progress(`done in ${((performance.now() - t0) / 60000).toFixed(1)} min`);
 }

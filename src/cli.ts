@@ -4,14 +4,15 @@
  *   edge-adapters convert llama2c CHECKPOINT.bin TOKENIZER.bin --out DIR [--profile P]
  *   edge-adapters convert hf SRC_DIR --out DIR [--profile P]
  *   edge-adapters synth --shape NAME [--seed S] --out DIR [--profile P]
- *   edge-adapters quantize --model DIR --format int4|nf4|int8 [--block-size N] [--double-quant] --out DIR
+ *   edge-adapters quantize --model DIR --format int4|nf4|int8 [--block-size N] [--double-quant]
+ *                          [--embeddings] [--exclude-lm-head] --out DIR
  *   edge-adapters generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
  *                          [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]...
  *   edge-adapters logits --model DIR --tokens 1,403,407
  *   (generate and logits take --adapter PEFT_DIR, repeatable, and --weights w1,w2,... for a blend)
  *   edge-adapters bench --model DIR [--prompt-tokens N] [--decode-tokens N]
  *
- * Common: --backend wasm|node, --threads N.
+ * Common: --backend wasm|node, --threads N, --kernels auto|dequantize|native (quantized bases).
  */
 import { mkdir, readFile, writeFile, rm, rename } from 'node:fs/promises';
 import path from 'node:path';
@@ -35,18 +36,20 @@ import { measureThroughput } from './engine/throughput.js';
 import { EdgeAdaptersError } from './errors.js';
 import type { DecoderProfile } from './graph/llama.js';
 import type { BackendName } from './engine/backend.js';
+import type { Kernels } from './graph/dequantize-weights.js';
 
 const USAGE = `usage:
   edge-adapters convert llama2c CHECKPOINT.bin TOKENIZER.bin --out DIR [--profile standard|contrib]
   edge-adapters convert hf SRC_DIR --out DIR [--profile standard|contrib]
   edge-adapters synth --shape ${Object.keys(SYNTH_SHAPES).join('|')} [--seed S] --out DIR
-  edge-adapters quantize --model DIR --format int4|nf4|int8 [--block-size N] [--double-quant] --out DIR
+  edge-adapters quantize --model DIR --format int4|nf4|int8 [--block-size N] [--double-quant]
+                         [--embeddings] [--exclude-lm-head] --out DIR
   edge-adapters generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]
                          [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]
                          [--adapter PEFT_DIR]... [--weights w1,w2,...]
   edge-adapters logits --model DIR --tokens 1,403,407 [--adapter PEFT_DIR]... [--weights w1,w2,...]
   edge-adapters bench --model DIR [--prompt-tokens N] [--decode-tokens N]
-options for every command: --backend wasm|node  --threads N`;
+options for every command: --backend wasm|node  --threads N  --kernels auto|dequantize|native`;
 
 const OPTIONS = {
   out: { type: 'string' },
@@ -56,6 +59,9 @@ const OPTIONS = {
   format: { type: 'string' },
   'block-size': { type: 'string' },
   'double-quant': { type: 'boolean' },
+  embeddings: { type: 'boolean' },
+  'exclude-lm-head': { type: 'boolean' },
+  kernels: { type: 'string' },
   seed: { type: 'string' },
   model: { type: 'string' },
   prompt: { type: 'string' },
@@ -126,7 +132,13 @@ export async function main(
     stdout(`${USAGE}\n`);
     return;
   }
-  const backend = { backend: o.backend as BackendName | undefined, threads: number(o.threads, 'threads') };
+  if (o.kernels !== undefined && !['auto', 'dequantize', 'native'].includes(o.kernels))
+    throw new UsageError(`--kernels must be auto, dequantize or native, got "${o.kernels}"`);
+  const backend = {
+    backend: o.backend as BackendName | undefined,
+    threads: number(o.threads, 'threads'),
+    kernels: o.kernels as Kernels | undefined,
+  };
   const convert: ConvertOptions = {
     profile: o.profile as DecoderProfile | undefined,
     externalData: o['external-data'],
@@ -212,6 +224,8 @@ export async function main(
         format: format as QuantFormat,
         blockSize: number(o['block-size'], 'block-size'),
         doubleQuant: o['double-quant'],
+        embeddings: o.embeddings,
+        lmHead: !o['exclude-lm-head'],
         externalData: o['external-data'],
       });
       await writeFolder(required(o.out, 'out'), files);
@@ -275,7 +289,7 @@ export async function main(
 /** The model with the PEFT adapters of --adapter active (a blend with --weights when several). */
 async function runtimeWithAdapters(
   model: string,
-  backend: { backend?: BackendName; threads?: number },
+  backend: { backend?: BackendName; threads?: number; kernels?: Kernels },
   adapters: string[] = [],
   weights?: string,
 ) {

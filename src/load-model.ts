@@ -7,9 +7,10 @@ import { DecoderSession } from './engine/decoder-session.js';
 import { LanguageModel } from './engine/language-model.js';
 import { urlSource, type FileSource } from './formats/files.js';
 import { readModelFolder } from './formats/model-folder.js';
-import { decodeModel, encodeModel, internalizeData } from './formats/onnx/index.js';
+import { decodeModel, encodeModel, externalizeData, internalizeData } from './formats/onnx/index.js';
 import { addAdapterSlots, type SlotOptions } from './graph/adapter-slots.js';
 import { graphBaseModel } from './graph/base-weights.js';
+import { dequantizeWeights, dequantizedFormats, type Kernels } from './graph/dequantize-weights.js';
 import type { BaseModel } from './methods/feeds.js';
 import { slotsFor } from './methods/slots-for.js';
 import type { PeftConfig } from './formats/peft-config.js';
@@ -21,6 +22,12 @@ export interface LoadModelOptions extends BackendOptions {
    * adapters); explicit SlotOptions; or `false` for the bare base.
    */
   slots?: SlotOptions | { adapters: readonly PeftConfig[] } | false;
+  /**
+   * A quantized base: run its quantized ops ('native') or float32 weights dequantized once at load
+   * ('dequantize': the files stay small, the session holds float32). 'auto' (default) takes the
+   * faster per backend and format (src/graph/dequantize-weights.ts).
+   */
+  kernels?: Kernels;
 }
 
 export interface LoadedModel {
@@ -45,27 +52,38 @@ export async function loadModelWithBase(
   const folder = await readModelFolder(files);
   const file = `${folder.label}/${folder.onnxFile}`;
   const graph = decodeModel(folder.onnx, file);
+  const external = new Map(folder.externalData.map((f) => [f.path, f.data]));
+  const weights = external.size ? internalizeData(graph, (location) => external.get(location), file) : graph;
   const slots = options.slots;
+  // A quantized base's weights dequantized at load, per `kernels`; the prompt slot patches a float
+  // embedding Gather, so a quantized embedding is dequantized whenever that slot may be patched.
+  const promptSlot = slots !== false && !(slots && 'prompt' in slots && slots.prompt === false);
+  const dequantized = dequantizeWeights(weights, {
+    formats: dequantizedFormats(options.kernels, options.backend ?? 'wasm'),
+    embedding: options.kernels === 'dequantize' || promptSlot,
+  });
+  const runnable = dequantized ?? graph;
   const patched =
     slots === false
       ? undefined
       : addAdapterSlots(
-          graph,
+          runnable,
           slots && 'adapters' in slots ? slotsFor(slots.adapters, folder.config) : slots,
         );
   const backend = await loadBackend(options);
+  // Dequantized weights reach onnxruntime as external data: no second copy inside one protobuf.
+  const unpacked =
+    dequantized && externalizeData(patched?.model ?? dequantized, { location: 'dequantized.onnx_data' });
   const session = await DecoderSession.create(
     backend,
-    patched ? encodeModel(patched.model) : folder.onnx,
+    unpacked ? unpacked.model : patched ? encodeModel(patched.model) : folder.onnx,
     folder.config,
     {
-      externalData: folder.externalData,
+      externalData: unpacked ? [{ path: unpacked.location, data: unpacked.data }] : folder.externalData,
       file,
       slots: patched?.layout,
     },
   );
-  const external = new Map(folder.externalData.map((f) => [f.path, f.data]));
-  const weights = external.size ? internalizeData(graph, (location) => external.get(location), file) : graph;
   const model = new LanguageModel(folder.config, folder.tokenizer, session, backend.name, folder.generation);
   return { model, base: graphBaseModel(weights, folder.config, file) };
 }

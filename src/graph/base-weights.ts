@@ -8,6 +8,7 @@ import type { LlamaConfig } from '../formats/checkpoint.js';
 import { tensorData, type ModelProto, type TensorProto } from '../formats/onnx/index.js';
 import type { BaseModel } from '../methods/feeds.js';
 import { linearNodes } from './llama.js';
+import { dequantizeEmbedding, quantizedEmbeddingNode } from './quantized-embedding.js';
 import { linearWeight } from './quantized-linear.js';
 
 export function graphBaseModel(model: ModelProto, config: LlamaConfig, file = 'model.onnx'): BaseModel {
@@ -20,6 +21,7 @@ export function graphBaseModel(model: ModelProto, config: LlamaConfig, file = 'm
       .map(({ module, node }) => [module, node]),
   );
   const embedding = model.graph?.node.find((n) => n.name === '/model/embed_tokens/Gather')?.input[0];
+  const quantizedEmbedding = quantizedEmbeddingNode(model); // ./quantized-embedding.ts
   const cache = new Map<string, Float32Array>();
 
   const float32 = (t: TensorProto | undefined, what: string) => {
@@ -44,6 +46,8 @@ export function graphBaseModel(model: ModelProto, config: LlamaConfig, file = 'm
       const qnode = quantized.get(module);
       if (qnode) {
         w = linearWeight(model, module, qnode);
+      } else if (module === 'model.embed_tokens' && quantizedEmbedding) {
+        w = dequantizeEmbedding(model, quantizedEmbedding);
       } else if (module === 'model.embed_tokens') {
         w = float32(embedding === undefined ? undefined : initializers.get(embedding), module).data;
       } else {

@@ -11,6 +11,9 @@
  *                                     no nested statistics; these are bitsandbytes' dequantized values).
  *   int8  /{module path}/DequantizeLinear (int8 [K, N], scale [N], axis 1) -> /{module path}/MatMul
  *
+ * With `embeddings`, the token embedding becomes GatherBlockQuantized (./quantized-embedding.ts).
+ * How these run is chosen at load, per backend (./dequantize-weights.ts).
+ *
  * The first input of the linear node is always the activation, so the adapter-slot patch wraps a
  * quantized linear exactly like a float one; `linearShape` and `linearWeight` read a linear's
  * [in, out] and its (dequantized) W [out, in] whatever its form.
@@ -36,6 +39,7 @@ import {
 } from '../quant/index.js';
 import { attribute, MS_DOMAIN, MS_OPSET } from './builder.js';
 import { linearNodes } from './llama.js';
+import { quantizeEmbedding } from './quantized-embedding.js';
 
 export interface GraphQuantizeOptions {
   format: QuantFormat;
@@ -44,9 +48,11 @@ export interface GraphQuantizeOptions {
   doubleQuant?: boolean;
   /** int4: symmetric (default true). */
   symmetric?: boolean;
-  /** Quantize the token embedding too. Not supported yet (kept float32); must be false/absent. */
+  /** Quantize the token embedding too (GatherBlockQuantized, ./quantized-embedding.ts). Default false. */
   embeddings?: boolean;
-  /** Linear modules to quantize (HF names); default all. lm_head is included. */
+  /** Quantize lm_head (default true); false keeps it float32. */
+  lmHead?: boolean;
+  /** Linear modules to quantize (HF names); default all (lm_head as `lmHead` says). */
   modules?: readonly string[];
 }
 
@@ -62,8 +68,6 @@ export function quantizeLinears(
   model: ModelProto,
   opts: GraphQuantizeOptions,
 ): { model: ModelProto; weights: Map<string, QuantizedWeight> } {
-  if (opts.embeddings)
-    throw new ModelFormatError(FILE, 'quantize.embeddings', 'embedding quantization is not supported yet');
   const graph = model.graph;
   if (!graph) throw new ModelFormatError(FILE, 'graph', 'the model has no graph');
   const inits = new Map(graph.initializer.map((t) => [t.name, t]));
@@ -81,6 +85,7 @@ export function quantizeLinears(
 
   for (const { module, node } of linearNodes(model)) {
     if (node.opType !== 'MatMul' || (wanted && !wanted.has(module))) continue;
+    if (module === 'lm_head' && opts.lmHead === false) continue;
     const init = inits.get(node.input[1]);
     if (!init) continue; // already quantized (int8 pattern) or not a weight
     const t = tensorData(init, FILE);
@@ -151,10 +156,18 @@ export function quantizeLinears(
     }
   }
 
+  if (opts.embeddings) {
+    const e = quantizeEmbedding(model, opts);
+    replaced.set(e.drop.node, [e.node]);
+    dropped.add(e.drop.table);
+    added.push(...e.initializers);
+  }
+
   const initializer = [...graph.initializer.filter((t) => !dropped.has(t.name)), ...added];
   const node = graph.node.flatMap((nd) => replaced.get(nd) ?? [nd]);
   let opsetImport = model.opsetImport;
-  if (opts.format !== 'int8' && !opsetImport.some((o) => o.domain === MS_DOMAIN)) {
+  const contrib = node.some((nd) => nd.domain === MS_DOMAIN);
+  if (contrib && !opsetImport.some((o) => o.domain === MS_DOMAIN)) {
     opsetImport = [
       ...opsetImport,
       create(OperatorSetIdProtoSchema, { domain: MS_DOMAIN, version: BigInt(MS_OPSET) }),

@@ -144,12 +144,19 @@ export function int4ZeroPoint(q: Int4Weight, row: number, b: number): number {
 
 /** W [n, k] as MatMulNBits computes it: (q - zp) * scale in float32. */
 export function dequantizeInt4(q: Int4Weight): Float32Array {
-  const out = new Float32Array(q.n * q.k);
-  for (let row = 0; row < q.n; row++) {
-    for (let col = 0; col < q.k; col++) {
-      const b = Math.floor(col / q.blockSize);
-      out[row * q.k + col] =
-        (int4Code(q, row, col) - int4ZeroPoint(q, row, b)) * q.scales[row * q.blocks + b];
+  const { n, k, blockSize: bs, blocks, data, scales } = q;
+  const out = new Float32Array(n * k);
+  for (let row = 0; row < n; row++) {
+    for (let b = 0; b < blocks; b++) {
+      const scale = scales[row * blocks + b];
+      const zp = int4ZeroPoint(q, row, b);
+      const bytes = (row * blocks + b) * (bs / 2);
+      const at = row * k + b * bs;
+      const len = Math.min(bs, k - b * bs);
+      for (let i = 0; i < len; i++) {
+        const byte = data[bytes + (i >> 1)];
+        out[at + i] = ((i & 1 ? byte >> 4 : byte & 0x0f) - zp) * scale;
+      }
     }
   }
   return out;
