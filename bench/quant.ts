@@ -358,6 +358,12 @@ function roundRatios(m: Measured, fp32: Measured): number[] {
   return m.rounds.map((r, i) => median(r) / median(fp32.rounds[i])).filter(Number.isFinite);
 }
 
+const exp = (v: number) => (Number.isFinite(v) ? v.toExponential(1) : 'n/a');
+
+/** The largest |logit| of the fp32 row: the scale of the logit differences. */
+const logitScale = (measured: Measured[]) =>
+  exp(Math.max(...(measured.find((m) => m.row.format === 'fp32')?.logits ?? [NaN]).map(Math.abs)));
+
 const maxDiff = (a: number[] | undefined, b: number[] | undefined) =>
   a && b ? a.reduce((d, v, i) => Math.max(d, Math.abs(v - b[i])), 0) : NaN;
 
@@ -365,7 +371,7 @@ const maxDiff = (a: number[] | undefined, b: number[] | undefined) =>
 function vsDequantized(measured: Measured[]): (m: Measured) => string {
   return (m) => {
     const peer = measured.find((p) => p.row.format === m.row.format && p.row.execution === 'dequantize');
-    return m.row.format === 'fp32' || m === peer ? '—' : fmt(maxDiff(m.logits, peer?.logits), 5);
+    return m.row.format === 'fp32' || m === peer ? '—' : exp(maxDiff(m.logits, peer?.logits));
   };
 }
 
@@ -499,7 +505,7 @@ async function runNode(o: QuantOptions): Promise<void> {
         `One worker process per row (its memory is the row's), all alive together and stepped in turns: ${o.rounds} rounds of ${o.steps} teacher-forced decode steps after a ${PROMPT}-token prompt; ms/token and tok/s: median over all steps; time vs fp32: per round, the row's median step over the fp32 row's of the same round, median [p25–p75] over rounds.`,
         `Folders: \`edge-adapters quantize --format F --embeddings\` of the fp32 folder (int4 block 32, nf4 block 64, int8 per channel; the embedding as GatherBlockQuantized, int4 for nf4 bases). Loaded by Runtime.create({ kernels, threads: 1 }) with the default adapter slots, a PEFT LoRA r${RANK} (alpha ${2 * RANK}) on all 210 linears added and activated. The prompt slot needs a float embedding Gather, so the embedding is dequantized at load in every row.`,
         `RSS: resident set after load, adapter activation, two decode steps and a full GC (\`global.gc\`); it includes Node itself (about 50 MB) and the model file's bytes, which the runtime keeps for DoRA's weight norms. Peak: the process's maximum RSS (load included).`,
-        `logit diff vs dequantized at load: max |logit| difference at the last of ${LOGITS_PROMPT} prompt tokens between the row and the same format dequantized at load — 0 up to float32 rounding when the quantized op computes with the dequantized weights.`,
+        `logit diff vs dequantized at load: max |logit| difference at the last of ${LOGITS_PROMPT} prompt tokens between the row and the same format dequantized at load (the fp32 row's largest |logit|: ${logitScale(measured)}) — float32 rounding when the quantized op computes with the dequantized weights.`,
         "(auto): what kernels: 'auto' runs on this backend (src/graph/dequantize-weights.ts AUTO_DEQUANTIZE).",
       ],
       `backend ${backend}, 1 thread`,
@@ -671,7 +677,7 @@ async function runChromium(o: QuantOptions): Promise<void> {
           await page.close();
         }
         notes.push(
-          `WebGPU here is SwiftShader (${gpu || 'no adapter'}), Vulkan implemented on the CPU (--enable-unsafe-webgpu, no GPU): its times say nothing about a hardware GPU, and backend "auto" never picks it. Logit diff vs wasm: the base's logits (adapter deactivated) against the same row on wasm, the check that every op of the graph computes as on wasm.`,
+          `WebGPU here is SwiftShader (${gpu || 'no adapter'}), Vulkan implemented on the CPU (--enable-unsafe-webgpu, no GPU): its times say nothing about a hardware GPU, and backend "auto" never picks it. Logit diff vs wasm: the base's logits (adapter deactivated) against the same row on wasm (the fp32 row's largest |logit|: ${exp(Math.max(...(wasmLogits.get('fp32/native') ?? [NaN]).map(Math.abs)))}), the check that every op of the graph computes as on wasm.`,
           `Op types the WebGPU provider leaves to the CPU, per quantized model.onnx (no adapter slots): ${placement.join('; ')} (the shape arithmetic of the attention mask, which it places on the CPU in the fp32 graph too).`,
         );
       }
@@ -685,7 +691,7 @@ async function runChromium(o: QuantOptions): Promise<void> {
           ? { header: 'max abs logit diff vs dequantized at load', cell: vsDequantized(measured) }
           : {
               header: 'max abs logit diff vs wasm (base)',
-              cell: (m) => fmt(maxDiff(m.baseLogits, wasmLogits.get(key(m))), 5),
+              cell: (m) => exp(maxDiff(m.baseLogits, wasmLogits.get(key(m)))),
             },
       );
     }
