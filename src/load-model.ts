@@ -8,7 +8,7 @@ import { LanguageModel } from './engine/language-model.js';
 import { urlSource, type FileSource } from './formats/files.js';
 import { readModelFolder } from './formats/model-folder.js';
 import { decodeModel, encodeModel, externalizeData, internalizeData } from './formats/onnx/index.js';
-import { addAdapterSlots, type SlotOptions } from './graph/adapter-slots.js';
+import { addAdapterSlots, WEBGPU_SPLIT_OUTPUTS, type SlotOptions } from './graph/adapter-slots.js';
 import { graphBaseModel } from './graph/base-weights.js';
 import { dequantizeWeights, dequantizedFormats, type Kernels } from './graph/dequantize-weights.js';
 import type { BaseModel } from './methods/feeds.js';
@@ -66,10 +66,11 @@ export async function loadModelWithBase(
   const patched =
     slots === false
       ? undefined
-      : addAdapterSlots(
-          runnable,
-          slots && 'adapters' in slots ? slotsFor(slots.adapters, folder.config) : slots,
-        );
+      : addAdapterSlots(runnable, {
+          ...(slots && 'adapters' in slots ? slotsFor(slots.adapters, folder.config) : slots),
+          // WebGPU binds a Split's outputs as storage buffers: 8 per shader is all a device must allow.
+          ...(options.backend === 'webgpu' ? { maxSplitOutputs: WEBGPU_SPLIT_OUTPUTS } : {}),
+        });
   const backend = await loadBackend(options);
   // Dequantized weights reach onnxruntime as external data: no second copy inside one protobuf.
   const unpacked =

@@ -15,6 +15,7 @@ import { checkpointToModelFolder } from '../src/convert.js';
 import { memorySource } from '../src/formats/files.js';
 import { decodeModel, encodeModel } from '../src/formats/onnx/index.js';
 import { Runtime } from '../src/runtime.js';
+import { addAdapterSlots, type SlotOptions } from '../src/graph/adapter-slots.js';
 
 const bytes = (p: string) => new Uint8Array(readFileSync(p));
 const ckpt = parseLlama2cCheckpoint(bytes(fixture('llama2c/stories260K.bin')), 'stories260K.bin');
@@ -24,11 +25,11 @@ const files = checkpointToModelFolder(ckpt, {
 const lora = makeLoraAdapter({ seed: 8, scale: 0.1 });
 const adapter = { config: lora.get('adapter_config.json')!, weights: lora.get('adapter_model.safetensors')! };
 
-async function logitsAt(version: bigint): Promise<Float32Array[]> {
+async function logitsAt(version: bigint, slots?: SlotOptions): Promise<Float32Array[]> {
   const model = decodeModel(files.get('model.onnx')!);
   const opsetImport = model.opsetImport.map((o) => (o.domain === '' ? withFields(o, { version }) : o));
   const folder = new Map(files).set('model.onnx', encodeModel(withFields(model, { opsetImport })));
-  const rt = await Runtime.create({ model: memorySource(folder, `opset ${version}`) });
+  const rt = await Runtime.create({ model: memorySource(folder, `opset ${version}`), slots });
   try {
     await rt.adapters.add('lora', adapter);
     await rt.adapters.activate('lora');
@@ -43,5 +44,33 @@ describe('adapter slots on an opset-14 graph', () => {
     const [at14, at17] = [await logitsAt(14n), await logitsAt(17n)];
     expect(at14).toHaveLength(8);
     for (let i = 0; i < 8; i++) expect(maxAbsDiff(at14[i], at17[i])).toBeLessThan(1e-5);
+  });
+});
+
+describe('adapter slots with a Split fan-out limit (WebGPU binds each output as a storage buffer)', () => {
+  it('every packed input becomes a tree of Splits no wider than the limit, with the same logits', async () => {
+    const plain = await logitsAt(17n);
+    for (const max of [2, 3]) {
+      const { model } = addAdapterSlots(decodeModel(files.get('model.onnx')!), { maxSplitOutputs: max });
+      const splits = model.graph!.node.filter((n) => n.opType === 'Split');
+      expect(Math.max(...splits.map((n) => n.output.length))).toBeLessThanOrEqual(max);
+      // each of the 5 layers' blocks of q_proj's A is made exactly once, from a chain rooted in the input
+      const blocks = splits
+        .flatMap((n) => n.output)
+        .filter((o) => /^lora_A\.self_attn\.q_proj\/block_/.test(o));
+      expect(blocks.sort()).toEqual([0, 1, 2, 3, 4].map((k) => `lora_A.self_attn.q_proj/block_${k}`));
+      const tree = await logitsAt(17n, { maxSplitOutputs: max });
+      for (let i = 0; i < 8; i++) expect(maxAbsDiff(tree[i], plain[i])).toBeLessThan(1e-6);
+    }
+    // the adapter moves the logits, so equal logits mean every block reached its module
+    const base = await (async () => {
+      const rt = await Runtime.create({ model: memorySource(files, 'base') });
+      try {
+        return await rt.logits([1, 403, 407, 261, 378, 291, 400, 46]);
+      } finally {
+        await rt.release();
+      }
+    })();
+    expect(maxAbsDiff(base[7], plain[7])).toBeGreaterThan(1e-2);
   });
 });

@@ -121,7 +121,13 @@ describe('synthCheckpoint', () => {
     expect(count('smollm2-135m')).toBe(134_515_008);
     expect(count('smollm2-360m')).toBe(361_821_120);
     expect(count('llama-1b')).toBe(1_235_814_400);
-    expect(Object.keys(SYNTH_SHAPES).sort()).toEqual(['llama-1b', 'smollm2-135m', 'smollm2-360m', 'tiny']);
+    expect(Object.keys(SYNTH_SHAPES).sort()).toEqual([
+      'llama-1b',
+      'smollm2-135m',
+      'smollm2-360m',
+      'tiny',
+      'tiny-deep',
+    ]);
     expect(() => synthConfig('gpt2')).toThrow(/unknown synthetic shape "gpt2"/);
   });
 });

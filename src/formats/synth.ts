@@ -38,6 +38,19 @@ export const SYNTH_SHAPES: Record<string, Partial<LlamaConfig>> = {
     vocab_size: 512,
     max_position_embeddings: 512,
   },
+  /**
+   * stories260K's widths, 12 layers: deeper than WebGPU's storage-buffer limit per shader (a Split
+   * of every layer's block would bind more outputs than a device allows; tests use it for that).
+   */
+  'tiny-deep': {
+    hidden_size: 64,
+    intermediate_size: 172,
+    num_hidden_layers: 12,
+    num_attention_heads: 8,
+    num_key_value_heads: 4,
+    vocab_size: 512,
+    max_position_embeddings: 512,
+  },
   'smollm2-135m': {
     hidden_size: 576,
     intermediate_size: 1536,

@@ -23,7 +23,7 @@
  *   scale_in.{kind}  [modules * in]           scale_out.{kind} [modules * out]
  *
  * and one Split per input cuts it into the modules' own 2-D blocks (B's split sizes come from A's
- * rank, `Shape(A)[1]`). A Split costs one node per input instead of a Gather per module, and its
+ * rank, `Shape(A)[1]`; on WebGPU, a tree of Splits of at most 7 outputs, `maxSplitOutputs`). A Split costs one node per input instead of a Gather per module, and its
  * blocks are plain 2-D matrices, which onnxruntime multiplies faster than a batch-broadcast 3-D
  * slice (bench/decode-overhead.ts measures both). The rank is shared within a kind (shorter ranks are
  * zero-padded, which changes nothing).
@@ -68,6 +68,12 @@ export interface SlotOptions {
   inputScales?: 'feedforward' | 'all' | 'none' | readonly string[];
   /** The prompt-embedding slot (prompt tuning, P-tuning). Default true. */
   prompt?: boolean;
+  /**
+   * The most outputs one Split may have (default: no limit). WebGPU binds each output as a storage
+   * buffer, and a device may allow as few as 8 per shader (WebGPU's guaranteed minimum), so on WebGPU
+   * loadModel passes 7 and a wider Split becomes a tree of Splits.
+   */
+  maxSplitOutputs?: number;
 }
 
 /** One module kind: its inputs and the modules (in row order) that read them. */
@@ -98,6 +104,9 @@ const FEEDFORWARD = /(^|\.)mlp\.down_proj$/;
 export function moduleKind(module: string): string {
   return module.replace(/^model\.layers\.\d+\./, '');
 }
+
+/** maxSplitOutputs on WebGPU: one input and 7 outputs fill the 8 storage buffers every device allows. */
+export const WEBGPU_SPLIT_OUTPUTS = 7;
 
 /** Returns a patched copy of `model` (the weights are shared, not copied) and its slot layout. */
 export function addAdapterSlots(
@@ -200,14 +209,37 @@ export function addAdapterSlots(
     }
     return name;
   };
-  const split = (input: string, n: number, sizes: string) =>
-    create(NodeProtoSchema, {
-      opType: 'Split',
-      name: `/adapter_slots/${input}/Split`,
-      input: [input, sizes],
-      output: Array.from({ length: n }, (_, k) => block(input, k)),
-      attribute: [attribute('axis', 0)],
-    });
+  const fanOut = options.maxSplitOutputs ?? Infinity;
+  if (!(fanOut >= 2)) throw new RangeError(`maxSplitOutputs must be at least 2, got ${fanOut}`);
+  /**
+   * Cuts `input` into its `n` modules' blocks; `sizes(counts)` names the int64 tensor of a Split's
+   * sizes for pieces of `counts` blocks each. Wider than `fanOut`, it is a tree of Splits: the first
+   * cuts runs of consecutive blocks, and each run is cut again.
+   */
+  const splitBlocks = (input: string, n: number, sizes: (counts: number[]) => string) => {
+    const cut = (from: string, first: number, count: number, name: string) => {
+      const per = count <= fanOut ? 1 : Math.ceil(count / fanOut);
+      const counts: number[] = [];
+      for (let left = count; left > 0; left -= per) counts.push(Math.min(per, left));
+      const outputs = counts.map((c, i) =>
+        c === 1 ? block(input, first + i * per) : `${input}/blocks_${first + i * per}_${c}`,
+      );
+      reads.push(
+        create(NodeProtoSchema, {
+          opType: 'Split',
+          name,
+          input: [from, sizes(counts)],
+          output: outputs,
+          attribute: [attribute('axis', 0)],
+        }),
+      );
+      counts.forEach((c, i) => {
+        if (c > 1)
+          cut(outputs[i], first + i * per, c, `/adapter_slots/${input}/Split_${first + i * per}_${c}`);
+      });
+    };
+    cut(input, 0, n, `/adapter_slots/${input}/Split`);
+  };
   for (const g of groups.values()) {
     const n = g.modules.length;
     const rank = `lora_rank.${g.kind}`;
@@ -215,24 +247,40 @@ export function addAdapterSlots(
       valueInfo(g.a, 'float32', [n * g.in, rank]),
       valueInfo(g.b, 'float32', [`lora_rows.${g.kind}`, g.out]),
     );
-    reads.push(split(g.a, n, constant(`/adapter_slots/sizes_${n}x${g.in}`, Array(n).fill(g.in))));
-    // B's blocks are [rank, out]: the sizes are A's rank, n times. (Shape(A)[1] by Gather, not
-    // Shape's `start`, which needs opset 15: exported models often declare 14.)
+    const rows = (size: number) => (counts: number[]) =>
+      constant(
+        `/adapter_slots/sizes_${counts.join('_')}x${size}`,
+        counts.map((c) => c * size),
+      );
+    splitBlocks(g.a, n, rows(g.in));
+    // B's blocks are [rank, out]: the sizes are A's rank times the blocks per piece. (Shape(A)[1] by
+    // Gather, not Shape's `start`, which needs opset 15: exported models often declare 14.)
     const shape = node('Shape', `/adapter_slots/${g.a}/Shape`, [g.a]);
     const rankOf = node('Gather', `/adapter_slots/${g.a}/rank`, [
       shape.output[0],
       constant('/adapter_slots/one', [1]),
     ]);
-    const ranks = node('Concat', `/adapter_slots/${g.b}/sizes`, Array(n).fill(rankOf.output[0]));
-    ranks.attribute.push(attribute('axis', 0));
-    reads.push(shape, rankOf, ranks, split(g.b, n, ranks.output[0]));
+    reads.push(shape, rankOf);
+    const rankSizes = new Map<string, string>();
+    splitBlocks(g.b, n, (counts) => {
+      const key = counts.join('_');
+      if (!rankSizes.has(key)) {
+        const sizes = node('Mul', `/adapter_slots/${g.b}/sizes_${key}`, [
+          rankOf.output[0],
+          constant(`/adapter_slots/counts_${key}`, counts),
+        ]);
+        reads.push(sizes);
+        rankSizes.set(key, sizes.output[0]);
+      }
+      return rankSizes.get(key) as string;
+    });
     for (const [scale, size] of [
       [g.scaleIn, g.in],
       [g.scaleOut, g.out],
     ] as const) {
       if (!scale) continue;
       newInputs.push(valueInfo(scale, 'float32', [n * size]));
-      reads.push(split(scale, n, constant(`/adapter_slots/sizes_${n}x${size}`, Array(n).fill(size))));
+      splitBlocks(scale, n, rows(size));
     }
   }
 

@@ -11,6 +11,7 @@ import { main } from '../../src/cli.js';
 import { Runtime } from '../../src/runtime.js';
 import { WEBGPU_VERIFIED_OPS } from '../../src/client.js';
 import { parsePeftConfig } from '../../src/formats/peft-config.js';
+import { synthConfig } from '../../src/formats/synth.js';
 import { makeIa3Adapter, makeLoraAdapter, type AdapterFiles } from '../helpers/peft-fixtures.js';
 import { startHarness, type Harness } from './harness.js';
 import type { LoadProgress } from '../../src/client.js';
@@ -353,6 +354,37 @@ describe('WebGPU (onnxruntime-web/webgpu)', () => {
     expect(lora.text).toBe(await nodeText('lora', GPU_TOKENS));
     expect(lora.text).not.toBe(base.text);
     await h.page.evaluate(() => window.edge.release('gpu'));
+  });
+});
+
+describe('WebGPU, a model deeper than a shader may bind', () => {
+  it('12 layers, every slot, a LoRA on every linear: logits and text as in Node', async () => {
+    // A Split of 12 layers' blocks would bind 13 storage buffers in one shader; WebGPU guarantees 8.
+    const dir = path.join(h.work, 'deep');
+    await main(['synth', '--shape', 'tiny-deep', '--seed', '3', '--out', dir], () => undefined);
+    const deep = synthConfig('tiny-deep');
+    const files = makeLoraAdapter({ base: deep, seed: 4, scale: 0.5 });
+    mkdirSync(path.join(h.work, 'adapters', 'deep-lora'), { recursive: true });
+    for (const [name, bytes] of files) writeFileSync(path.join(h.work, 'adapters', 'deep-lora', name), bytes);
+    const nodeRt = await Runtime.create({ model: dir });
+    await nodeRt.adapters.add('lora', path.join(h.work, 'adapters', 'deep-lora'));
+    await nodeRt.adapters.activate('lora');
+    const tokens = [1, 70, 80, 90, 100];
+    const want = await nodeRt.logits(tokens);
+    const wantText = (await nodeRt.complete(PROMPT, { maxTokens: 8 })).text;
+    await nodeRt.release();
+
+    await h.page.evaluate(() => window.edge.load('deep', { model: '/served/deep/', backend: 'webgpu' }));
+    await h.page.evaluate(() => window.edge.addAdapter('deep', 'lora', '/served/adapters/deep-lora/'));
+    await h.page.evaluate(() => window.edge.activate('deep', 'lora'));
+    const got = await h.page.evaluate((t) => window.edge.logits('deep', t), tokens);
+    let diff = 0;
+    for (let i = 0; i < tokens.length; i++)
+      for (let v = 0; v < 512; v++) diff = Math.max(diff, Math.abs(got[i][v] - want[i][v]));
+    expect(diff).toBeLessThan(1e-3);
+    const out = await h.page.evaluate((p) => window.edge.generate('deep', p, { maxTokens: 8 }), PROMPT);
+    expect(out.text).toBe(wantText);
+    await h.page.evaluate(() => window.edge.release('deep'));
   });
 });
 
