@@ -106,7 +106,12 @@ async function start(): Promise<void> {
   });
   $('backend').textContent = rt.backend.name;
   $('backend').dataset.name = rt.backend.name;
-  $('backend-reason').textContent = rt.backend.reason;
+  const q = rt.backend.quantization;
+  $('backend-reason').textContent =
+    rt.backend.reason +
+    (q
+      ? ` · ${q.formats.join('/')} base, ${q.kernels === 'native' ? 'quantized ops' : 'dequantized at load'}`
+      : '');
   $('status').textContent = 'Model ready.';
   $('status').dataset.state = 'ready';
   wireGeneration(rt);

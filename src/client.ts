@@ -40,6 +40,7 @@ import type {
 } from './worker-runtime.js';
 
 export type { BackendReport, BrowserBackend } from './engine/backend.js';
+export type { Quantization } from './engine/language-model.js';
 export { WEBGPU_VERIFIED_OPS } from './engine/backend.js';
 export * from './errors.js';
 export { FetchError, IntegrityError, ManifestError, QuotaError } from './store/errors.js';
@@ -88,6 +89,12 @@ export interface CreateRuntimeOptions {
    * of adapters; default: every slot, so any adapter can be activated.
    */
   slots?: WorkerLoadOptions['slots'];
+  /**
+   * A quantized base (`edge-adapters quantize`): run its 4-/8-bit ops ('native'), or dequantize its
+   * weights once at load to float32 ('dequantize': a small download, float32 memory and speed).
+   * 'auto' (default) takes the faster on the chosen backend; see the README's QLoRA section.
+   */
+  kernels?: WorkerLoadOptions['kernels'];
 }
 
 export interface AddAdapterOptions {
@@ -156,6 +163,7 @@ export class RemoteRuntime {
             baseWeights: options.baseWeights,
             restore: options.restore,
             slots: options.slots,
+            kernels: options.kernels,
           },
           options.onProgress ? proxy(options.onProgress) : undefined,
         ),

@@ -10,7 +10,7 @@ export {
   type ActiveSpec,
 } from './runtime.js';
 export { loadModel, loadModelWithBase, type LoadModelOptions } from './load-model.js';
-export { LanguageModel, type Completion } from './engine/language-model.js';
+export { LanguageModel, type Completion, type Quantization } from './engine/language-model.js';
 export type { GenerateOptions, GenerationChunk, FinishReason } from './engine/generate.js';
 export type { SamplingOptions } from './engine/sampling.js';
 export type { BackendName, BackendOptions } from './engine/backend.js';

@@ -4,13 +4,18 @@
  */
 import { loadBackend, type BackendOptions } from './engine/backend.js';
 import { DecoderSession } from './engine/decoder-session.js';
-import { LanguageModel } from './engine/language-model.js';
+import { LanguageModel, type Quantization } from './engine/language-model.js';
 import { urlSource, type FileSource } from './formats/files.js';
 import { readModelFolder } from './formats/model-folder.js';
 import { decodeModel, encodeModel, externalizeData, internalizeData } from './formats/onnx/index.js';
 import { addAdapterSlots, WEBGPU_SPLIT_OUTPUTS, type SlotOptions } from './graph/adapter-slots.js';
 import { graphBaseModel } from './graph/base-weights.js';
-import { dequantizeWeights, dequantizedFormats, type Kernels } from './graph/dequantize-weights.js';
+import {
+  dequantizeWeights,
+  dequantizedFormats,
+  quantizedFormats,
+  type Kernels,
+} from './graph/dequantize-weights.js';
 import type { BaseModel } from './methods/feeds.js';
 import { slotsFor } from './methods/slots-for.js';
 import type { PeftConfig } from './formats/peft-config.js';
@@ -58,8 +63,10 @@ export async function loadModelWithBase(
   // A quantized base's weights dequantized at load, per `kernels`; the prompt slot patches a float
   // embedding Gather, so a quantized embedding is dequantized whenever that slot may be patched.
   const promptSlot = slots !== false && !(slots && 'prompt' in slots && slots.prompt === false);
+  const formats = dequantizedFormats(options.kernels, options.backend ?? 'wasm');
+  const present = quantizedFormats(weights);
   const dequantized = dequantizeWeights(weights, {
-    formats: dequantizedFormats(options.kernels, options.backend ?? 'wasm'),
+    formats,
     embedding: options.kernels === 'dequantize' || promptSlot,
   });
   const runnable = dequantized ?? graph;
@@ -85,7 +92,17 @@ export async function loadModelWithBase(
       slots: patched?.layout,
     },
   );
-  const model = new LanguageModel(folder.config, folder.tokenizer, session, backend.name, folder.generation);
+  const quantization: Quantization | undefined = present.length
+    ? { formats: present, kernels: present.every((f) => formats.includes(f)) ? 'dequantize' : 'native' }
+    : undefined;
+  const model = new LanguageModel(
+    folder.config,
+    folder.tokenizer,
+    session,
+    backend.name,
+    folder.generation,
+    quantization,
+  );
   return { model, base: graphBaseModel(weights, folder.config, file) };
 }
 

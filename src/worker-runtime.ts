@@ -44,6 +44,11 @@ export interface WorkerLoadOptions {
    * graph for a known set of adapters. Default: every slot.
    */
   slots?: LoadModelOptions['slots'];
+  /**
+   * A quantized base: its quantized ops ('native') or float32 weights dequantized once at load
+   * ('dequantize'); 'auto' (default) takes the faster on the chosen backend (loadModel's `kernels`).
+   */
+  kernels?: LoadModelOptions['kernels'];
   /** Activate the selection remembered from the last session (default true; needs `manifest`). */
   restore?: boolean;
 }
@@ -175,6 +180,7 @@ export class RuntimeWorker {
         threads: options.threads,
         wasmPaths: options.wasmPaths,
         slots: options.slots,
+        kernels: options.kernels,
       });
       files.clear();
       let restored: WorkerLoadResult['restored'] = { active: [] };
@@ -191,8 +197,9 @@ export class RuntimeWorker {
         }
       }
       this.runtime = runtime;
-      this.report = choice;
-      return { backend: choice, baseFingerprint, restored };
+      const quantization = runtime.model.quantization;
+      this.report = quantization ? { ...choice, quantization } : choice;
+      return { backend: this.report, baseFingerprint, restored };
     } finally {
       await relay.close();
     }

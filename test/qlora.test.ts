@@ -86,6 +86,7 @@ describe('quantized bases', () => {
       const files = makeLoraAdapter({ seed: 9, scale: 0.1 });
       for (const load of loads) {
         const rt = await Runtime.create({ model: out, ...load });
+        expect(rt.model.quantization).toEqual({ formats: [name], kernels: load.kernels });
         const deq = dequantized(rt);
         const moved = maxAbsDiff((await rt.logits(tokens))[11], referenceLogits(ckpt, tokens)[11]);
         expect(moved).toBeGreaterThan(1e-3); // quantization really changed the weights

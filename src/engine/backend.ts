@@ -6,6 +6,7 @@
  * users. All expose the same onnxruntime-common API.
  */
 import type * as ort from 'onnxruntime-web';
+import type { Quantization } from './language-model.js';
 
 export type BackendName = 'wasm' | 'webgpu' | 'node';
 
@@ -112,6 +113,8 @@ export interface BackendReport {
   ops: string[];
   /** Op types of the graph not in WEBGPU_VERIFIED_OPS (empty when all are verified). */
   unverifiedOps: string[];
+  /** A quantized base: its formats, and whether its quantized ops run or it was dequantized at load. */
+  quantization?: Quantization;
 }
 
 /**

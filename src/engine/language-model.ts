@@ -7,6 +7,13 @@ import type { LlamaConfig } from '../formats/checkpoint.js';
 import type { Tokenizer } from '../formats/tokenizer.js';
 import type { BackendName } from './backend.js';
 import { InvalidInputError } from '../errors.js';
+import type { QuantFormat } from '../quant/index.js';
+
+/** How a quantized base runs: its linears' formats, as quantized ops or dequantized at load. */
+export interface Quantization {
+  formats: QuantFormat[];
+  kernels: 'native' | 'dequantize';
+}
 
 export interface Completion {
   text: string;
@@ -22,6 +29,8 @@ export class LanguageModel {
     readonly backend: BackendName,
     /** Defaults from generation_config.json. */
     readonly generationDefaults: GenerateOptions = {},
+    /** Set for a quantized base. */
+    readonly quantization?: Quantization,
   ) {}
 
   /** Text to token ids, with BOS as the model expects; token arrays pass through unchanged. */

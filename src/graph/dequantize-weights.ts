@@ -70,6 +70,17 @@ function linearFormat(node: NodeProto, producers: ReadonlyMap<string, NodeProto>
   return producers.get(node.input[1])?.opType === 'DequantizeLinear' ? 'int8' : undefined;
 }
 
+/** The formats of the model's quantized linears (empty for a float base). */
+export function quantizedFormats(model: ModelProto): QuantFormat[] {
+  const producers = new Map((model.graph?.node ?? []).flatMap((n) => n.output.map((o) => [o, n] as const)));
+  const formats = new Set<QuantFormat>();
+  for (const { node } of linearNodes(model)) {
+    const format = linearFormat(node, producers);
+    if (format) formats.add(format);
+  }
+  return QUANT_FORMATS.filter((f) => formats.has(f));
+}
+
 /**
  * `model` (its weights in memory: internalizeData first) with its quantized linears of `formats`
  * and, with `embedding`, its quantized embedding dequantized to float32; undefined when nothing

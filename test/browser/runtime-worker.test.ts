@@ -274,6 +274,45 @@ describe('the runtime in a worker, on wasm', () => {
   });
 });
 
+describe('a quantized base in the worker', () => {
+  it("nf4 with kernels 'native' and 'dequantize': Node's logits and text, and the report says which ran", async () => {
+    await main(
+      ['quantize', '--model', modelDir, '--format', 'nf4', '--out', path.join(h.work, 'model-nf4')],
+      () => undefined,
+    );
+    const tokens = [1, 403, 407, 261, 9];
+    const logits: Record<string, number[][]> = {};
+    for (const kernels of ['native', 'dequantize'] as const) {
+      const nodeRt = await Runtime.create({ model: path.join(h.work, 'model-nf4'), kernels });
+      expect(nodeRt.model.quantization).toEqual({ formats: ['nf4'], kernels });
+      const want = await nodeRt.logits(tokens);
+      const wantText = (await nodeRt.complete(PROMPT, { maxTokens: SHORT })).text;
+      await nodeRt.release();
+
+      const key = `nf4-${kernels}`;
+      const { backend } = await h.page.evaluate(
+        ([k, kernels]) => window.edge.load(k, { model: '/served/model-nf4/', backend: 'wasm', kernels }),
+        [key, kernels] as const,
+      );
+      expect(backend.quantization).toEqual({ formats: ['nf4'], kernels });
+      logits[kernels] = await h.page.evaluate(([k, t]) => window.edge.logits(k, t), [key, tokens] as const);
+      for (let i = 0; i < tokens.length; i++)
+        for (let v = 0; v < 512; v++) expect(Math.abs(logits[kernels][i][v] - want[i][v])).toBeLessThan(1e-5);
+      const out = await h.page.evaluate(([k, p, n]) => window.edge.generate(k, p, { maxTokens: n }), [
+        key,
+        PROMPT,
+        SHORT,
+      ] as const);
+      expect(out.text).toBe(wantText);
+      await h.page.evaluate((k) => window.edge.release(k), key);
+    }
+    // Two executions of the same weights: float32 rounding apart at most.
+    for (let i = 0; i < tokens.length; i++)
+      for (let v = 0; v < 512; v++)
+        expect(Math.abs(logits.native[i][v] - logits.dequantize[i][v])).toBeLessThan(1e-4);
+  });
+});
+
 describe('wasm threads', () => {
   it('threads: 2 on the cross-origin isolated page gives the same text', async () => {
     const before = h.server.requests.length;
