@@ -23,9 +23,10 @@
  *   scale_in.{kind}  [modules * in]           scale_out.{kind} [modules * out]
  *
  * and one Split per input cuts it into the modules' own 2-D blocks (B's split sizes come from A's
- * rank, `Shape(A)[1]`; on WebGPU, a tree of Splits of at most 7 outputs, `maxSplitOutputs`). A Split costs one node per input instead of a Gather per module, and its
- * blocks are plain 2-D matrices, which onnxruntime multiplies faster than a batch-broadcast 3-D
- * slice (bench/decode-overhead.ts measures both). The rank is shared within a kind (shorter ranks are
+ * rank, `Shape(A)[1]`; on WebGPU a tree of Splits of at most 7 outputs each, `maxSplitOutputs`). A
+ * Split costs one node per input instead of a Gather per module, and its blocks are plain 2-D
+ * matrices, which onnxruntime multiplies faster than a batch-broadcast 3-D slice
+ * (bench/decode-overhead.ts measures both). The rank is shared within a kind (shorter ranks are
  * zero-padded, which changes nothing).
  *
  * The token embedding gets a prompt slot: token ids >= vocab_size are virtual tokens that look up
