@@ -38,14 +38,14 @@ export type Kernels = 'auto' | 'dequantize' | 'native';
  * - wasm (onnxruntime-web 1.30): MatMulNBits about 10x, MatMulBnb4 4x, int8 DequantizeLinear +
  *   MatMul 10-14x the time of float32 MatMuls (its CPU kernels dequantize the whole weight on every
  *   call); a base dequantized at load decodes at fp32 speed.
- * - node (onnxruntime-node): MatMulNBits as fast as fp32 at a third of the memory; MatMulBnb4 3.4x
- *   slower; int8 DequantizeLinear + MatMul is fused into an 8-bit-activation kernel whose logits are
- *   not those of the dequantized weights, so int8 is dequantized.
+ * - node (onnxruntime-node): the whole model with MatMulNBits decodes as fast as fp32 (0.97x; a
+ *   single linear is 1.4-1.8x, the lm_head 0.9x) at 60% of the dequantized base's memory; MatMulBnb4
+ *   3x slower; int8 DequantizeLinear + MatMul is fused into an 8-bit-activation kernel whose logits
+ *   are not those of the dequantized weights, so int8 is dequantized.
  * - webgpu: int4 and nf4 keep their 4-bit kernels, which hold a quarter of the GPU memory and read
- *   an eighth of the bytes per token (decode is bound by memory bandwidth on a GPU); int8's
- *   DequantizeLinear re-dequantizes every weight on every run, so int8 is dequantized. The only
- *   WebGPU here is SwiftShader, a software adapter, whose times do not rank kernels for a GPU
- *   (bench/quant.ts prints them).
+ *   an eighth of the bytes per token; on SwiftShader (the only WebGPU here, a software adapter whose
+ *   times do not rank kernels for a GPU) they decode 0.99x and 0.39x the time of fp32. int8's
+ *   DequantizeLinear re-dequantizes every weight on every run (1.39x), so int8 is dequantized.
  */
 export const AUTO_DEQUANTIZE: Readonly<Record<string, readonly QuantFormat[]>> = {
   wasm: ['int4', 'nf4', 'int8'],
