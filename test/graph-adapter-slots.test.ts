@@ -62,6 +62,10 @@ describe('adapter slots with a Split fan-out limit (WebGPU binds each output as 
       const tree = await logitsAt(17n, { maxSplitOutputs: max });
       for (let i = 0; i < 8; i++) expect(maxAbsDiff(tree[i], plain[i])).toBeLessThan(1e-6);
     }
+    for (const bad of [1, 2.5, NaN])
+      expect(() => addAdapterSlots(decodeModel(files.get('model.onnx')!), { maxSplitOutputs: bad })).toThrow(
+        /slots: maxSplitOutputs: must be an integer >= 2/,
+      );
     // the adapter moves the logits, so equal logits mean every block reached its module
     const base = await (async () => {
       const rt = await Runtime.create({ model: memorySource(files, 'base') });

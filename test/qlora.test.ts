@@ -11,7 +11,8 @@ import { fixture } from './fixtures.js';
 import { main } from '../src/cli.js';
 import { Runtime } from '../src/runtime.js';
 import { decodeModel } from '../src/formats/onnx/index.js';
-import { dequantizedFormats, type Kernels } from '../src/graph/dequantize-weights.js';
+import { dequantizedFormats, quantizedFormats, type Kernels } from '../src/graph/dequantize-weights.js';
+import { InvalidInputError } from '../src/errors.js';
 import { parseLlama2cCheckpoint } from '../src/formats/llama2c-checkpoint.js';
 import { referenceLogits } from '../src/reference/llama.js';
 import { referenceLogitsWithAdapters } from '../src/reference/peft.js';
@@ -112,6 +113,21 @@ describe('quantized bases', () => {
     expect(dequantizedFormats('auto', 'wasm')).toEqual(['int4', 'nf4', 'int8']);
     expect(dequantizedFormats('native', 'wasm')).toEqual([]);
     expect(dequantizedFormats('dequantize', 'node')).toEqual(['int4', 'nf4', 'int8']);
+    expect(() => dequantizedFormats('fast' as Kernels, 'wasm')).toThrow(InvalidInputError);
+    expect(() => dequantizedFormats('fast' as Kernels, 'wasm')).toThrow(
+      /options: kernels: unknown kernels "fast"/,
+    );
+  });
+
+  it('a float base reports no quantization', async () => {
+    expect(
+      quantizedFormats(
+        decodeModel(new Uint8Array(readFileSync(path.join(await floatFolder(), 'model.onnx')))),
+      ),
+    ).toEqual([]);
+    const rt = await Runtime.create({ model: float, slots: false });
+    expect(rt.model.quantization).toBeUndefined();
+    await rt.release();
   });
 
   it('--exclude-lm-head keeps lm_head float32 (the tied embedding, bit for bit)', async () => {

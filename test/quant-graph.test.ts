@@ -18,6 +18,9 @@ import { GraphBuilder, MS_DOMAIN } from '../src/graph/builder.js';
 import { dequantizeWeights } from '../src/graph/dequantize-weights.js';
 import { buildLlamaDecoder, linearNodes } from '../src/graph/llama.js';
 import { quantizeLinears, type GraphQuantizeOptions } from '../src/graph/quantized-linear.js';
+import { dequantizeEmbedding, quantizedEmbeddingNode } from '../src/graph/quantized-embedding.js';
+import { withFields } from '../src/formats/onnx/walk.js';
+import { ModelFormatError } from '../src/errors.js';
 import type { AdapterFeeds } from '../src/methods/feeds.js';
 import { QUANT_FORMATS, dequantizeWeight, quantizeWeight } from '../src/quant/index.js';
 import { referenceLogits } from '../src/reference/llama.js';
@@ -268,6 +271,31 @@ describe('GatherBlockQuantized (onnxruntime-web wasm) reads the embedding layout
     const rowZero = [-8, -4, 0, 1, 2, 4, 7, 0, ...Array(8).fill(0), 16, -8, 4, 0];
     const got = await gathered(table, 3, 20, { format: 'int4', blockSize: 16 }, [2, 0, 0, 1]);
     expect(got).toEqual([...rowTwo, ...rowZero, ...rowZero, ...Array(20).fill(0)]);
+  });
+
+  it('a table whose scales do not match its blocks is a ModelFormatError naming the scales tensor', () => {
+    const g = new GraphBuilder();
+    const input = g.input('input_ids', 'int64', [1]);
+    g.initializer('model.embed_tokens.weight', new Float32Array(4 * 32).fill(1), [4, 32]);
+    g.node('Gather', ['model.embed_tokens.weight', input], {
+      name: '/model/embed_tokens/Gather',
+      outputs: ['rows'],
+    });
+    g.output('rows', 'float32', [1, 32]);
+    const { model } = quantizeLinears(g.build(), { format: 'int4', blockSize: 16, embeddings: true });
+    const node = quantizedEmbeddingNode(model)!;
+    expect(dequantizeEmbedding(model, node)).toEqual(new Float32Array(4 * 32).fill(1)); // as written
+    const graph = model.graph!;
+    const initializer = graph.initializer.map((t) =>
+      t.name === node.input[2]
+        ? withFields(t, { dims: [4n, 1n], floatData: [], rawData: t.rawData.subarray(0, 16) })
+        : t,
+    );
+    const broken = withFields(model, { graph: withFields(graph, { initializer }) });
+    expect(() => dequantizeEmbedding(broken, node)).toThrow(ModelFormatError);
+    expect(() => dequantizeEmbedding(broken, node)).toThrow(
+      /model\.embed_tokens\.scales: expected scales \[4, 2\] .* got \[4, 1\]/,
+    );
   });
 
   it('int8: one block per row, codes + 128, zero point 128 (round half to even)', async () => {

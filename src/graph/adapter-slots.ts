@@ -38,7 +38,7 @@
  * Prefix tuning needs no slot: its keys and values are the start of the KV cache.
  */
 import { create } from '@bufbuild/protobuf';
-import { ModelFormatError } from '../errors.js';
+import { InvalidInputError, ModelFormatError } from '../errors.js';
 import {
   NodeProtoSchema,
   TensorProtoSchema,
@@ -211,7 +211,9 @@ export function addAdapterSlots(
     return name;
   };
   const fanOut = options.maxSplitOutputs ?? Infinity;
-  if (!(fanOut >= 2)) throw new RangeError(`maxSplitOutputs must be at least 2, got ${fanOut}`);
+  if (!(fanOut >= 2 && (Number.isInteger(fanOut) || fanOut === Infinity))) {
+    throw new InvalidInputError('slots', 'maxSplitOutputs', `must be an integer >= 2, got ${fanOut}`);
+  }
   /**
    * Cuts `input` into its `n` modules' blocks; `sizes(counts)` names the int64 tensor of a Split's
    * sizes for pieces of `counts` blocks each. Wider than `fanOut`, it is a tree of Splits: the first

@@ -16,7 +16,7 @@
  *                 weights (AUTO_DEQUANTIZE); the embedding stays quantized (it gathers a few rows)
  */
 import { create } from '@bufbuild/protobuf';
-import { ModelFormatError } from '../errors.js';
+import { InvalidInputError, ModelFormatError } from '../errors.js';
 import {
   NodeProtoSchema,
   tensorProto,
@@ -58,7 +58,11 @@ export function dequantizedFormats(kernels: Kernels | undefined, backend: string
   if (kernels === 'dequantize') return QUANT_FORMATS;
   if (kernels === 'native') return [];
   if (kernels !== undefined && kernels !== 'auto') {
-    throw new RangeError(`unknown kernels "${String(kernels)}"; expected "auto", "dequantize" or "native"`);
+    throw new InvalidInputError(
+      'options',
+      'kernels',
+      `unknown kernels "${String(kernels)}"; expected "auto", "dequantize" or "native"`,
+    );
   }
   return AUTO_DEQUANTIZE[backend] ?? [];
 }

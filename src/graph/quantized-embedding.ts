@@ -153,7 +153,18 @@ export function dequantizeEmbedding(model: ModelProto, node: NodeProto): Float32
   }
   const [vocab, bytes] = data.dims;
   const hidden = (bytes * 8) / bits;
-  const blocks = scales.dims[1];
+  if (!(Number.isInteger(blockSize) && blockSize >= 16 && (blockSize & (blockSize - 1)) === 0)) {
+    throw new ModelFormatError(FILE, node.name, `block_size must be a power of 2 >= 16, got ${blockSize}`);
+  }
+  const blocks = Math.ceil(hidden / blockSize);
+  if (scales.dims.length !== 2 || scales.dims[0] !== vocab || scales.dims[1] !== blocks) {
+    throw new ModelFormatError(
+      FILE,
+      node.input[2],
+      `expected scales [${vocab}, ${blocks}] for a [${vocab}, ${hidden}] table in blocks of ${blockSize}, ` +
+        `got [${scales.dims.join(', ')}]`,
+    );
+  }
   const zero = 2 ** (bits - 1);
   const out = new Float32Array(vocab * hidden);
   for (let r = 0; r < vocab; r++) {
