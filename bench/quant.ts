@@ -346,7 +346,7 @@ interface Measured {
   peakMB?: number;
   /** ms/token of every step, by round. */
   rounds: number[][];
-  /** The last prompt position's logits with the adapter active (without, where it could not run). */
+  /** The last prompt position's logits with the adapter active. */
   logits?: number[];
   /** The same without the adapter (Chromium), to compare backends. */
   baseLogits?: number[];
@@ -531,8 +531,7 @@ async function cpuOps(page: Page, url: string, wasmPaths: string): Promise<strin
 }
 
 async function runChromium(o: QuantOptions): Promise<void> {
-  const { chromium } = await import('playwright-core');
-  const { CHROMIUM, bundle, startServer } = await import('../test/browser/harness.js');
+  const { bundle, launchBrowser, startServer } = await import('../test/browser/harness.js');
   const dirs = new Map<Format, string>();
   for (const format of ['fp32', 'int8', 'int4', 'nf4'] as const) dirs.set(format, await ensureFolder(format));
   const work = mkdtempSync(path.join(os.tmpdir(), 'edge-adapters-quant-'));
@@ -552,23 +551,12 @@ async function runChromium(o: QuantOptions): Promise<void> {
     '/models/': path.join(OUT, 'models'),
     '/ort/': path.join(NODE_MODULES, 'onnxruntime-web', 'dist'),
   });
-  const context = await chromium.launchPersistentContext(path.join(work, 'profile'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      '--disable-quic',
-      '--enable-unsafe-webgpu',
-      // Every page computes in turn; none may be throttled as a background page.
-      '--disable-background-timer-throttling',
-      '--disable-renderer-backgrounding',
-      '--disable-backgrounding-occluded-windows',
-    ],
-  });
+  // Every page computes in turn; none may be throttled as a background page.
+  const { context, close: closeBrowser } = await launchBrowser(path.join(work, 'profile'), [
+    '--disable-background-timer-throttling',
+    '--disable-renderer-backgrounding',
+    '--disable-backgrounding-occluded-windows',
+  ]);
   const version = context.browser()?.version() ?? 'unknown';
   const wasmPaths = `${server.origin}/ort/`;
   const stories = storyTokens(PROMPT, o.steps);
@@ -589,7 +577,6 @@ async function runChromium(o: QuantOptions): Promise<void> {
       const measured: Measured[] = [];
       const pages: (Page | undefined)[] = [];
       let gpu = '';
-      let slotsError = '';
       for (const row of rows(backend)) {
         const dir = dirs.get(row.format) as string;
         const m: Measured = { row, bytes: onnxBytes(dir), loadS: NaN, memoryMB: NaN, rounds: [] };
@@ -615,24 +602,14 @@ async function runChromium(o: QuantOptions): Promise<void> {
           }
         };
         try {
-          let started;
-          try {
-            started = await start(load);
-          } catch (error) {
-            if (backend !== 'webgpu') throw error;
-            // WebGPU could not run the adapter-slot graph: the bare base, and the reason in the notes.
-            slotsError = String(error).match(/ERROR_MESSAGE: (.*)/)?.[1] ?? String(error).split('\n')[0];
-            m.note = 'no adapter*';
-            started = await start({ ...load, adapter: undefined });
-          }
-          const { page, loaded } = started;
+          const { page, loaded } = await start(load);
           gpu ||= loaded.gpu;
           m.loadS = loaded.loadMs / 1000;
           const logits = await page.evaluate(
             (p) => (globalThis as unknown as PageGlobal).quant.logits(p),
             prompt.slice(0, LOGITS_PROMPT),
           );
-          m.logits = logits.adapter ?? logits.base;
+          m.logits = logits.adapter;
           m.baseLogits = logits.base;
           m.memoryMB =
             (await page.evaluate(() => (globalThis as unknown as PageGlobal).quant.memory())) / 2 ** 20;
@@ -665,10 +642,6 @@ async function runChromium(o: QuantOptions): Promise<void> {
         for (const m of measured) if (m.baseLogits) wasmLogits.set(key(m), m.baseLogits);
         notes.push('The wasm binary is the one Node runs (onnxruntime-web), without threads.');
       } else {
-        if (slotsError)
-          notes.push(
-            `*No adapter: with adapter slots the graph fails on this WebGPU adapter (${slotsError.replace(/^\S*providers\//, '').slice(0, 300)}), so these rows run the bare base (slots: false).`,
-          );
         const placement: string[] = [];
         for (const format of ['int8', 'int4', 'nf4'] as const) {
           const page = await openPage();
@@ -696,7 +669,7 @@ async function runChromium(o: QuantOptions): Promise<void> {
       );
     }
   } finally {
-    await context.close();
+    await closeBrowser();
     await server.close();
     rmSync(work, { recursive: true, force: true });
   }

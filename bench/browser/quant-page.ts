@@ -10,8 +10,8 @@ import { timeDecode } from '../lib/decode-steps.js';
 
 export interface QuantLoad {
   model: string;
-  /** A PEFT adapter folder to activate; none: the bare base (no adapter slots). */
-  adapter?: string;
+  /** The PEFT adapter folder to activate. */
+  adapter: string;
   backend: 'wasm' | 'webgpu';
   kernels: Kernels;
   wasmPaths: string;
@@ -20,8 +20,8 @@ export interface QuantLoad {
 export interface QuantPage {
   /** Loads the model and activates the adapter; the load time and the WebGPU adapter, if any. */
   load(o: QuantLoad): Promise<{ loadMs: number; gpu: string }>;
-  /** The last position's logits of `ids`: of the base alone, and with the adapter (when it is active). */
-  logits(ids: number[]): Promise<{ base: number[]; adapter?: number[] }>;
+  /** The last position's logits of `ids`: of the base alone, and with the adapter. */
+  logits(ids: number[]): Promise<{ base: number[]; adapter: number[] }>;
   /** Decode step times after `prompt`, teacher-forced on `next`. */
   decode(prompt: number[], next: number[]): Promise<number[]>;
   /** onnxruntime's log lines while it creates a WebGPU session for the model file at `url`. */
@@ -44,12 +44,9 @@ const page: QuantPage = {
       backend: o.backend,
       kernels: o.kernels,
       wasmPaths: o.wasmPaths,
-      ...(o.adapter ? {} : { slots: false }),
     });
-    if (o.adapter) {
-      await rt.adapters.add('lora', urlSource(o.adapter));
-      await rt.adapters.activate('lora');
-    }
+    await rt.adapters.add('lora', urlSource(o.adapter));
+    await rt.adapters.activate('lora');
     const loadMs = performance.now() - t;
     const gpu = navigator as Navigator & {
       gpu?: { requestAdapter(): Promise<{ info?: { architecture?: string; vendor?: string } } | null> };
@@ -60,10 +57,10 @@ const page: QuantPage = {
   async logits(ids) {
     const r = runtime();
     const last = (rows: Float32Array[]) => Array.from(rows[rows.length - 1]);
-    const adapter = r.adapters.active().length ? last(await r.logits(ids)) : undefined;
+    const adapter = last(await r.logits(ids));
     r.adapters.deactivate();
     const base = last(await r.logits(ids));
-    if (adapter) await r.adapters.activate('lora');
+    await r.adapters.activate('lora');
     return { base, adapter };
   },
   decode: (prompt, next) => timeDecode(runtime().model.session, prompt, next),

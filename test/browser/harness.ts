@@ -123,9 +123,10 @@ export interface Browser {
 /**
  * Headless Chromium with a fresh profile, no network beyond the test server, and WebGPU enabled
  * (`--enable-unsafe-webgpu`: headless Chromium then offers SwiftShader's software Vulkan adapter).
- * `profile`: the user-data-dir to use (default: a new temp folder, removed on close).
+ * `profile`: the user-data-dir to use (default: a new temp folder, removed on close); `args`: more
+ * Chromium flags (the benches add those that keep background pages from being throttled).
  */
-export async function launchBrowser(profile?: string): Promise<Browser> {
+export async function launchBrowser(profile?: string, args: readonly string[] = []): Promise<Browser> {
   const dir = profile ?? mkdtempSync(path.join(tmpdir(), 'edge-adapters-chromium-'));
   const context = await chromium.launchPersistentContext(dir, {
     executablePath: CHROMIUM,
@@ -139,6 +140,7 @@ export async function launchBrowser(profile?: string): Promise<Browser> {
       '--no-first-run',
       '--disable-quic',
       '--enable-unsafe-webgpu',
+      ...args,
     ],
   });
   const page = context.pages()[0] ?? (await context.newPage());
