@@ -26,23 +26,26 @@ import {
   TypeProtoSchema,
   ValueInfoProtoSchema,
   type AttributeProto,
+  type GraphProto,
   type ModelProto,
   type NodeProto,
   type TensorProto,
   type ValueInfoProto,
 } from '../formats/onnx/onnx_pb.js';
+import { withFields } from '../formats/onnx/walk.js';
 
 export const ONNX_OPSET = 17;
 export const MS_OPSET = 1;
 export const IR_VERSION = 8;
 export const MS_DOMAIN = 'com.microsoft';
 
-export type DType = 'float32' | 'int64' | 'int32' | 'bool';
+export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'bool';
 /** A dimension: a fixed size or a symbolic name (`batch_size`). */
 export type Dim = number | string;
 
 const DATA_TYPES: Record<DType, DataType> = {
   float32: DataType.FLOAT,
+  float64: DataType.DOUBLE,
   int64: DataType.INT64,
   int32: DataType.INT32,
   bool: DataType.BOOL,
@@ -64,7 +67,7 @@ export interface NodeOptions {
   outputs?: number | string[];
 }
 
-export type TensorData = Float32Array | BigInt64Array | Int32Array | Uint8Array;
+export type TensorData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -77,6 +80,7 @@ function littleEndianBytes(data: TensorData): Uint8Array {
   const view = new DataView(out.buffer);
   for (let i = 0; i < data.length; i++) {
     if (data instanceof Float32Array) view.setFloat32(i * 4, data[i], true);
+    else if (data instanceof Float64Array) view.setFloat64(i * 8, data[i], true);
     else if (data instanceof Int32Array) view.setInt32(i * 4, data[i], true);
     else view.setBigInt64(i * 8, data[i], true);
   }
@@ -85,6 +89,7 @@ function littleEndianBytes(data: TensorData): Uint8Array {
 
 function dtypeOf(data: TensorData): DType {
   if (data instanceof Float32Array) return 'float32';
+  if (data instanceof Float64Array) return 'float64';
   if (data instanceof BigInt64Array) return 'int64';
   if (data instanceof Int32Array) return 'int32';
   return 'bool';
@@ -103,15 +108,16 @@ export function tensorProto(name: string, data: TensorData, dims: readonly numbe
   });
 }
 
-export function valueInfo(name: string, dtype: DType, shape: readonly Dim[]): ValueInfoProto {
-  const dim = shape.map((d) =>
+/** A typed value; `shape` undefined leaves the shape (even the rank) unknown. */
+export function valueInfo(name: string, dtype: DType, shape?: readonly Dim[]): ValueInfoProto {
+  const dim = shape?.map((d) =>
     create(TensorShapeProto_DimensionSchema, {
       value: typeof d === 'number' ? { case: 'dimValue', value: BigInt(d) } : { case: 'dimParam', value: d },
     }),
   );
   const tensorType = create(TypeProto_TensorSchema, {
     elemType: DATA_TYPES[dtype],
-    shape: create(TensorShapeProtoSchema, { dim }),
+    ...(dim ? { shape: create(TensorShapeProtoSchema, { dim }) } : {}),
   });
   return create(ValueInfoProtoSchema, {
     name,
@@ -138,17 +144,54 @@ export function attribute(name: string, value: AttrValue): AttributeProto {
 }
 
 export class GraphBuilder {
-  private readonly nodes: NodeProto[] = [];
+  private nodes: NodeProto[] = [];
   private readonly inits: TensorProto[] = [];
   private readonly inputs: ValueInfoProto[] = [];
-  private readonly outputs: ValueInfoProto[] = [];
+  private outputs: ValueInfoProto[] = [];
   private readonly names = new Set<string>();
   private readonly nodeNames = new Set<string>();
   private readonly constants = new Map<string, string>();
   private readonly domains = new Set<string>();
   private readonly metadata = new Map<string, string>();
+  private readonly initByName = new Map<string, TensorProto>();
+  /** The model this builder extends (`GraphBuilder.extend`): its other fields are kept by build(). */
+  private base?: ModelProto;
 
   constructor(readonly name = 'main_graph') {}
+
+  /**
+   * A builder that appends to an existing model: its nodes, initializers (shared, not copied),
+   * inputs and outputs are there already, their names taken. build() keeps the model's other fields
+   * and its opset imports, raising ai.onnx to at least ONNX_OPSET (the ops this builder emits have
+   * had their present form since 13-17, and 13-16 to 17 only widened types).
+   */
+  static extend(model: ModelProto): GraphBuilder {
+    const graph = model.graph;
+    if (!graph) throw new Error('the model has no graph');
+    const g = new GraphBuilder(graph.name);
+    g.base = model;
+    g.nodes = [...graph.node];
+    g.inits.push(...graph.initializer);
+    g.inputs.push(...graph.input);
+    g.outputs = [...graph.output];
+    for (const v of [...graph.input, ...graph.initializer]) g.names.add(v.name);
+    for (const n of graph.node) {
+      g.nodeNames.add(n.name);
+      for (const o of n.output) if (o !== '') g.names.add(o);
+    }
+    for (const o of model.opsetImport) if (o.domain !== '' && o.domain !== 'ai.onnx') g.domains.add(o.domain);
+    return g;
+  }
+
+  /** Whether a value of this name exists (an input, initializer or node output). */
+  has(name: string): boolean {
+    return this.names.has(name);
+  }
+
+  /** Keeps only the graph outputs for which `keep(name)` holds (the nodes stay; onnxruntime prunes dead ones). */
+  filterOutputs(keep: (name: string) => boolean): void {
+    this.outputs = this.outputs.filter((o) => keep(o.name));
+  }
 
   /** A value name not used yet: `base`, else `base_1`, `base_2`, ... */
   uniqueName(base: string): string {
@@ -169,16 +212,30 @@ export class GraphBuilder {
     return name;
   }
 
-  /** Declares an existing value (a node output with this name) as a graph output. */
-  output(name: string, dtype: DType, shape: readonly Dim[]): void {
+  /** Declares an existing value (a node output with this name) as a graph output; no shape = unknown. */
+  output(name: string, dtype: DType, shape?: readonly Dim[]): void {
     if (!this.names.has(name)) throw new Error(`graph output ${name} is not produced by any node`);
     this.outputs.push(valueInfo(name, dtype, shape));
   }
 
   /** A named weight. The typed array is referenced, not copied, until `build()` is serialized. */
   initializer(name: string, data: TensorData, dims: readonly number[]): string {
-    this.inits.push(tensorProto(this.claim(name), data, dims));
+    const t = tensorProto(this.claim(name), data, dims);
+    this.inits.push(t);
+    this.initByName.set(name, t);
     return name;
+  }
+
+  /** An initializer added with `initializer` or `constant` (not those of an extended model). */
+  initializerNamed(name: string): TensorProto | undefined {
+    return this.initByName.get(name);
+  }
+
+  /** The node added last. */
+  get lastNode(): NodeProto {
+    const node = this.nodes[this.nodes.length - 1];
+    if (!node) throw new Error('the graph has no nodes');
+    return node;
   }
 
   /**
@@ -189,7 +246,9 @@ export class GraphBuilder {
     const key = `${dtypeOf(data)}[${dims.join(',')}]${Array.from(data as ArrayLike<number | bigint>).join(',')}`;
     const known = this.constants.get(key);
     if (known) return known;
-    const name = this.initializer(`/const/${dtypeOf(data)}_${this.constants.size}`, data, dims);
+    let name = `/const/${dtypeOf(data)}_${this.constants.size}`;
+    for (let k = 1; this.names.has(name); k++) name = `/const/${dtypeOf(data)}_${this.constants.size}_${k}`;
+    this.initializer(name, data, dims);
     this.constants.set(key, name);
     return name;
   }
@@ -237,7 +296,8 @@ export class GraphBuilder {
     return outs;
   }
 
-  private uniqueNodeName(base: string): string {
+  /** A node name not used yet: `base`, else `base_1`, `base_2`, ... */
+  uniqueNodeName(base: string): string {
     let name = base;
     for (let k = 1; this.nodeNames.has(name); k++) name = `${base}_${k}`;
     return name;
@@ -249,6 +309,7 @@ export class GraphBuilder {
   }
 
   build(): ModelProto {
+    if (this.base) return this.buildExtended(this.base);
     const opsetImport = [create(OperatorSetIdProtoSchema, { domain: '', version: BigInt(ONNX_OPSET) })];
     for (const domain of [...this.domains].sort()) {
       const version = domain === MS_DOMAIN ? MS_OPSET : 1;
@@ -267,6 +328,39 @@ export class GraphBuilder {
         initializer: this.inits,
         input: this.inputs,
         output: this.outputs,
+      }),
+    });
+  }
+
+  private buildExtended(base: ModelProto): ModelProto {
+    const opsetImport = base.opsetImport.map((o) =>
+      o.domain === '' || o.domain === 'ai.onnx'
+        ? withFields(o, { version: BigInt(Math.max(Number(o.version), ONNX_OPSET)) })
+        : o,
+    );
+    for (const domain of this.domains) {
+      if (!opsetImport.some((o) => o.domain === domain)) {
+        const version = domain === MS_DOMAIN ? MS_OPSET : 1;
+        opsetImport.push(create(OperatorSetIdProtoSchema, { domain, version: BigInt(version) }));
+      }
+    }
+    const metadataProps = [...base.metadataProps];
+    for (const [key, value] of this.metadata) {
+      const i = metadataProps.findIndex((p) => p.key === key);
+      const entry = create(StringStringEntryProtoSchema, { key, value });
+      if (i >= 0) metadataProps[i] = entry;
+      else metadataProps.push(entry);
+    }
+    const graph = base.graph as GraphProto;
+    return withFields(base, {
+      opsetImport,
+      metadataProps,
+      graph: withFields(graph, {
+        node: this.nodes,
+        initializer: this.inits,
+        input: this.inputs,
+        output: this.outputs,
+        valueInfo: [],
       }),
     });
   }
