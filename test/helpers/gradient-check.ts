@@ -15,8 +15,13 @@ export interface Feed {
   dims: number[];
 }
 
+/**
+ * A session with onnxruntime's basic optimizations only: the extended ones fuse into kernels that
+ * hold constants as float32 attributes (a Mul by 1/√d folded into FusedMatMul's alpha) or exist only
+ * for float32 (x·σ(x) into QuickGelu), which a float64 oracle must not get.
+ */
 export async function session(model: ModelProto): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(toBinary(ModelProtoSchema, model), { graphOptimizationLevel: 'all' });
+  return ort.InferenceSession.create(toBinary(ModelProtoSchema, model), { graphOptimizationLevel: 'basic' });
 }
 
 export function tensors(feeds: Record<string, Feed>): Record<string, ort.Tensor> {
