@@ -326,6 +326,27 @@ describe('training-graph gradients vs finite differences of the float64 PEFT ref
     );
   });
 
+  it("a 'contrib' profile base (fused norms, RotaryEmbedding, GroupQueryAttention) trains as the standard one (dpo)", async () => {
+    const contrib = buildLlamaDecoder(ckpt, { profile: 'contrib' });
+    const run = async (graph: ModelProto) => {
+      const t = buildTrainingGraph(graph, { slots: slotsFor([lora.config], ckpt.config), objective: 'dpo' });
+      const backend = await loadBackend({ backend: 'wasm' });
+      const s = await TrainingSession.create(backend, t.model, ckpt.config, t.gradients);
+      const feeds = adapterFeeds([{ adapter: lora, weight: 1 }], checkpointBase(ckpt));
+      const x = objectiveInputs('dpo', referenceSeqLogps(ckpt, undefined));
+      const out = await s.run(makeBatch(rows), slotTensors(ort, t.layout, feeds), extraFeeds(x));
+      await s.release();
+      return { loss: out.loss, grads: tensorGradients(lora, t.layout, out.grads, ckpt.config) };
+    };
+    const [a, b] = [await run(contrib), await run(base)];
+    expect(Math.abs(a.loss - b.loss)).toBeLessThan(1e-5);
+    for (const [name, g] of b.grads) {
+      const max = Math.max(...g.map(Math.abs));
+      const diff = Math.max(...g.map((v, i) => Math.abs(v - a.grads.get(name)![i])));
+      expect(diff / max).toBeLessThan(1e-4);
+    }
+  });
+
   it('LoRA on an int4 base: gradients through the quantized linears to their inputs (sft)', async () => {
     const quantized = buildLlamaDecoder(ckpt, { quantize: { format: 'int4', blockSize: 32 } });
     // The reference runs the weights the quantized ops multiply by.

@@ -18,9 +18,12 @@
  * modules trains only those, and the backward pass stops below them.
  *
  * A quantized base is trained against its dequantized weights (the values its quantized ops multiply
- * by), so gradients flow through each quantized linear to its input exactly.
+ * by), so gradients flow through each quantized linear to its input exactly; a base with onnxruntime
+ * contrib ops (the 'contrib' profile, optimum-style fused norms and attention) is rewritten to the
+ * standard ops that compute the same (../graph/standard-ops.ts).
  */
 import { ModelFormatError } from '../errors.js';
+import { toStandardOps } from '../graph/standard-ops.js';
 import type { ModelProto } from '../formats/onnx/onnx_pb.js';
 import { addAdapterSlots, type SlotLayout, type SlotOptions } from '../graph/adapter-slots.js';
 import { differentiate } from '../graph/autodiff/differentiate.js';
@@ -49,15 +52,8 @@ export const SEQ_LOGPS = 'seq_logps';
 export const LOSS = 'loss';
 
 export function buildTrainingGraph(base: ModelProto, options: TrainingGraphOptions): TrainingGraph {
-  const contrib = base.graph?.node.find((n) => n.domain === 'com.microsoft' && !QUANTIZED_OPS.has(n.opType));
-  if (contrib) {
-    throw new ModelFormatError(
-      'model.onnx',
-      contrib.name,
-      `${contrib.opType} (com.microsoft) has no gradient rule; build training graphs from the 'standard' profile`,
-    );
-  }
-  const float = dequantizeWeights(base, { formats: QUANT_FORMATS, embedding: true }) ?? base;
+  const dequantized = dequantizeWeights(base, { formats: QUANT_FORMATS, embedding: true }) ?? base;
+  const float = toStandardOps(dequantized);
   const { model: slotted, layout } = addAdapterSlots(float, options.slots);
 
   const g = GraphBuilder.extend(slotted);
@@ -98,5 +94,3 @@ export function buildTrainingGraph(base: ModelProto, options: TrainingGraphOptio
   const model = differentiate(g.build(), { loss: LOSS, wrt });
   return { model, layout, gradients: new Map(wrt.map((w) => [w, `${w}_grad`])) };
 }
-
-const QUANTIZED_OPS = new Set(['MatMulNBits', 'MatMulBnb4', 'GatherBlockQuantized']);
