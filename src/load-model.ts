@@ -19,6 +19,7 @@ import {
 import type { BaseModel } from './methods/feeds.js';
 import { slotsFor } from './methods/slots-for.js';
 import type { PeftConfig } from './formats/peft-config.js';
+import type { ModelProto } from './formats/onnx/onnx_pb.js';
 
 export interface LoadModelOptions extends BackendOptions {
   /**
@@ -39,6 +40,8 @@ export interface LoadedModel {
   model: LanguageModel;
   /** The base weights, for adapter methods that read them (DoRA). */
   base: BaseModel;
+  /** The base decoder graph as read (weights in memory), from which training graphs are built. */
+  graph: ModelProto;
 }
 
 /** `source` is a FileSource, a URL (http:, https:, file: in browsers) or, in Node, a folder path. */
@@ -103,7 +106,7 @@ export async function loadModelWithBase(
     folder.generation,
     quantization,
   );
-  return { model, base: graphBaseModel(weights, folder.config, file) };
+  return { model, base: graphBaseModel(weights, folder.config, file), graph: weights };
 }
 
 async function resolveSource(source: string | URL): Promise<FileSource> {
