@@ -11,6 +11,10 @@
  *   edge-adapters logits --model DIR --tokens 1,403,407
  *   (generate and logits take --adapter PEFT_DIR, repeatable, and --weights w1,w2,... for a blend)
  *   edge-adapters bench --model DIR [--prompt-tokens N] [--decode-tokens N]
+ *   edge-adapters train --model DIR --feedback FILE.jsonl --method sft|kto|dpo [--adapter INIT_DIR]
+ *                       [--rank R] [--alpha A] [--targets q_proj,v_proj,...|all-linear]
+ *                       [--last-layers K] [--steps N] [--lr X] [--batch-size B] [--beta B] [--seed S]
+ *                       --out DIR
  *
  * Common: --backend wasm|node, --threads N, --kernels auto|dequantize|native (quantized bases).
  */
@@ -28,13 +32,29 @@ import { readHfCheckpoint } from './formats/hf-checkpoint.js';
 import { synthCheckpoint, SYNTH_SHAPES } from './formats/synth.js';
 import { byteTokenizerJson, BYTE_TOKENIZER_CONFIG } from './formats/byte-tokenizer.js';
 import { folderSource } from './formats/files-node.js';
-import { loadModel } from './load-model.js';
+import { loadModel, loadModelWithBase } from './load-model.js';
 import { Runtime } from './runtime.js';
 import { quantizeModelFolder } from './quantize-folder.js';
 import { QUANT_FORMATS, type QuantFormat } from './quant/index.js';
 import { measureThroughput } from './engine/throughput.js';
-import { EdgeAdaptersError } from './errors.js';
+import { AdapterFormatError, EdgeAdaptersError, InvalidInputError } from './errors.js';
+import { loadBackend } from './engine/backend.js';
+import {
+  CONFIG_FILE,
+  WEIGHTS_FILE,
+  checkAdapterAgainstBase,
+  parsePeftAdapter,
+  serializePeftAdapter,
+  type PeftAdapter,
+} from './formats/peft-adapter.js';
+import { parseFeedbackJsonl } from './train/feedback.js';
+import { trainingExamples } from './train/examples.js';
+import { initLora, type LoraInit } from './train/init-lora.js';
+import { checkTrainable } from './train/adapter-params.js';
+import { Trainer, type TrainProgress } from './train/trainer.js';
+import type { Objective } from './train/losses.js';
 import type { DecoderProfile } from './graph/llama.js';
+import type { LlamaConfig } from './formats/checkpoint.js';
 import type { BackendName } from './engine/backend.js';
 import type { Kernels } from './graph/dequantize-weights.js';
 
@@ -49,6 +69,11 @@ const USAGE = `usage:
                          [--adapter PEFT_DIR]... [--weights w1,w2,...]
   edge-adapters logits --model DIR --tokens 1,403,407 [--adapter PEFT_DIR]... [--weights w1,w2,...]
   edge-adapters bench --model DIR [--prompt-tokens N] [--decode-tokens N]
+  edge-adapters train --model DIR --feedback FILE.jsonl --method sft|kto|dpo [--adapter INIT_DIR]
+                      [--rank R] [--alpha A] [--targets q_proj,v_proj,...|all-linear] [--last-layers K]
+                      [--steps N] [--lr X] [--batch-size B] [--beta B] [--seed S] --out DIR
+                      (defaults: --steps 20 --lr 1e-3 --rank 8 --alpha 2*rank --targets q_proj,v_proj
+                      --seed 0; --adapter continues a PEFT LoRA, IA3 or prompt-tuning folder, config kept)
 options for every command: --backend wasm|node  --threads N  --kernels auto|dequantize|native`;
 
 const OPTIONS = {
@@ -78,6 +103,16 @@ const OPTIONS = {
   threads: { type: 'string' },
   'prompt-tokens': { type: 'string' },
   'decode-tokens': { type: 'string' },
+  feedback: { type: 'string' },
+  method: { type: 'string' },
+  rank: { type: 'string' },
+  alpha: { type: 'string' },
+  targets: { type: 'string' },
+  'last-layers': { type: 'string' },
+  steps: { type: 'string' },
+  lr: { type: 'string' },
+  'batch-size': { type: 'string' },
+  beta: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -85,8 +120,16 @@ class UsageError extends Error {}
 
 function number(value: string | undefined, name: string): number | undefined {
   if (value === undefined) return undefined;
-  const n = Number(value);
+  const n = value.trim() === '' ? NaN : Number(value);
   if (!Number.isFinite(n)) throw new UsageError(`--${name} expects a number, got "${value}"`);
+  return n;
+}
+
+/** A number that must be an integer >= min. */
+function integer(value: string | undefined, name: string, min: number): number | undefined {
+  const n = number(value, name);
+  if (n !== undefined && !(Number.isInteger(n) && n >= min))
+    throw new UsageError(`--${name} expects an integer >= ${min}, got "${value}"`);
   return n;
 }
 
@@ -100,33 +143,49 @@ async function readBytes(file: string): Promise<Uint8Array> {
   return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 }
 
-/** Writes every file into a temporary folder first, then moves it into place: nothing half-written. */
+/**
+ * Writes every file into a temporary sibling folder first, then moves it into place: nothing
+ * half-written. An existing `out` is moved aside until the new folder is in place, and comes back
+ * if that fails.
+ */
 async function writeFolder(out: string, files: Map<string, Uint8Array>): Promise<void> {
-  const tmp = `${out.replace(/\/+$/, '')}.partial-${process.pid}`;
+  const base = out.replace(/\/+$/, '');
+  const tmp = `${base}.partial-${process.pid}`;
+  const old = `${base}.old-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
+  await rm(old, { recursive: true, force: true });
+  let movedAside = false;
   try {
     for (const [name, bytes] of files) {
       await mkdir(path.dirname(path.join(tmp, name)), { recursive: true });
       await writeFile(path.join(tmp, name), bytes);
     }
-    await rm(out, { recursive: true, force: true });
-    await rename(tmp, out);
+    try {
+      await rename(base, old);
+      movedAside = true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+    await rename(tmp, base);
   } catch (error) {
     await rm(tmp, { recursive: true, force: true });
+    if (movedAside) await rename(old, base);
     throw error;
   }
+  if (movedAside) await rm(old, { recursive: true, force: true });
 }
+
+function parse(argv: string[]) {
+  return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+}
+
+type Values = ReturnType<typeof parse>['values'];
 
 export async function main(
   argv: string[],
   stdout: (s: string) => void = (s) => process.stdout.write(s),
 ): Promise<void> {
-  const { values: o, positionals } = parseArgs({
-    args: argv,
-    options: OPTIONS,
-    allowPositionals: true,
-    strict: true,
-  });
+  const { values: o, positionals } = parse(argv);
   const [command, ...rest] = positionals;
   if (o.help || command === undefined) {
     stdout(`${USAGE}\n`);
@@ -281,9 +340,186 @@ export async function main(
       await model.release();
       return;
     }
+    case 'train':
+      await train(o, backend, stdout);
+      return;
     default:
       throw new UsageError(`unknown command "${command}"`);
   }
+}
+
+const METHODS: readonly Objective[] = ['sft', 'kto', 'dpo'];
+
+/** What each method learns from, for the message when a feedback file has none of it. */
+const METHOD_NEEDS: Record<Objective, string> = {
+  sft: 'demonstrations {prompt, completion}, corrections or thumbs-up ratings',
+  kto: 'ratings, corrections, pairs or demonstrations',
+  dpo: 'preference pairs {prompt, chosen, rejected}, corrections, or a 1 and a -1 rating of one prompt',
+};
+
+/** PEFT's all-linear on a Llama model, as names: a string target_modules cannot take layers_to_transform. */
+const LLAMA_LINEAR = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+
+/**
+ * `train`: feedback JSONL -> training examples -> a LoRA (new, PEFT-initialized, or --adapter's)
+ * trained with the Trainer -> a PEFT folder at --out, written all or nothing. Flags and the feedback
+ * file are checked before the model loads.
+ */
+async function train(
+  o: Values,
+  backend: { backend?: BackendName; threads?: number; kernels?: Kernels },
+  stdout: (s: string) => void,
+): Promise<void> {
+  const modelDir = required(o.model, 'model');
+  const feedbackFile = required(o.feedback, 'feedback');
+  const method = required(o.method, 'method') as Objective;
+  if (!METHODS.includes(method)) throw new UsageError(`--method must be sft, kto or dpo, got "${method}"`);
+  const out = required(o.out, 'out');
+  const steps = integer(o.steps, 'steps', 1) ?? 20;
+  const lr = number(o.lr, 'lr') ?? 1e-3;
+  if (lr < 0) throw new UsageError(`--lr expects a number >= 0, got "${o.lr}"`);
+  const batchSize = integer(o['batch-size'], 'batch-size', 1);
+  const beta = number(o.beta, 'beta');
+  if (beta !== undefined && !(beta > 0)) throw new UsageError(`--beta expects a number > 0, got "${o.beta}"`);
+  const seed = integer(o.seed, 'seed', 0) ?? 0;
+  const rank = integer(o.rank, 'rank', 1);
+  const alpha = number(o.alpha, 'alpha');
+  if (alpha !== undefined && !(alpha > 0))
+    throw new UsageError(`--alpha expects a number > 0, got "${o.alpha}"`);
+  const lastLayers = integer(o['last-layers'], 'last-layers', 1);
+  const targets = o.targets === undefined ? undefined : parseTargets(o.targets);
+
+  const inits = o.adapter ?? [];
+  if (inits.length > 1) throw new UsageError(`train starts from one --adapter INIT_DIR, got ${inits.length}`);
+  const initDir = inits[0];
+  if (initDir !== undefined) {
+    const own = (['rank', 'alpha', 'targets', 'last-layers'] as const).filter((k) => o[k] !== undefined);
+    if (own.length)
+      throw new UsageError(
+        `${own.map((k) => `--${k}`).join(', ')} cannot be used with --adapter: the rank, lora_alpha, ` +
+          `target_modules and layers are those of ${initDir}/${CONFIG_FILE}`,
+      );
+  }
+
+  // The feedback and the init adapter are read before the model: their errors come first.
+  let text: string;
+  try {
+    text = await readFile(feedbackFile, 'utf8');
+  } catch (error) {
+    throw new InvalidInputError(feedbackFile, undefined, `cannot be read (${(error as Error).message})`);
+  }
+  const events = parseFeedbackJsonl(text, feedbackFile);
+  if (events.length === 0)
+    throw new InvalidInputError(
+      feedbackFile,
+      undefined,
+      'holds no feedback (the file is empty): one JSON object per line, {prompt, completion, rating}, ' +
+        '{prompt, completion, correction}, {prompt, chosen, rejected} or {prompt, completion}',
+    );
+  const init = initDir === undefined ? undefined : await readAdapterFolder(initDir);
+  if (init !== undefined) checkTrainable(init.config, init.label);
+
+  const { model, base, graph } = await loadModelWithBase(modelDir, { ...backend, slots: false });
+  // Training builds its own sessions from `graph`; the inference session is not needed.
+  await model.release();
+  const config = model.config;
+  if (lastLayers !== undefined && lastLayers > config.num_hidden_layers)
+    throw new UsageError(
+      `--last-layers must be at most ${config.num_hidden_layers} (the layers of ${modelDir}), got ${lastLayers}`,
+    );
+  const examples = trainingExamples(events, model.tokenizer);
+  if (examples[method].length === 0)
+    throw new InvalidInputError(
+      feedbackFile,
+      undefined,
+      `none of its ${events.length} feedback events is an example for --method ${method}: ` +
+        `${method} learns from ${METHOD_NEEDS[method]}`,
+    );
+  let start: PeftAdapter;
+  if (init !== undefined) {
+    checkAdapterAgainstBase(init, config);
+    start = init;
+  } else {
+    const options: LoraInit = { rank, alpha, lastLayers, seed, baseName: modelDir };
+    options.targets = targets === 'all-linear' && lastLayers !== undefined ? LLAMA_LINEAR : targets;
+    start = newLora(config, options);
+  }
+
+  const trainer = new Trainer(
+    await loadBackend({ backend: backend.backend, threads: backend.threads }),
+    graph,
+    config,
+    base,
+  );
+  const t0 = performance.now();
+  try {
+    const progress = (p: TrainProgress) =>
+      stdout(
+        `step ${p.step}/${p.steps}  loss ${p.loss.toFixed(6)}  lr ${p.lr.toExponential(2)}  ` +
+          `grad_norm ${p.gradNorm.toPrecision(4)}  skipped ${p.skipped ? 'yes' : 'no'}\n`,
+      );
+    const result = await trainer.train(
+      start,
+      examples,
+      { method, steps, lr, batchSize, beta, seed },
+      progress,
+    );
+    await writeFolder(out, serializePeftAdapter(result.adapter));
+    const seconds = (performance.now() - t0) / 1000;
+    const first = result.losses[0];
+    const last = result.losses[result.losses.length - 1];
+    stdout(
+      `trained ${method}: ${result.losses.length} steps, ${result.skipped} skipped, ` +
+        `loss ${first.toFixed(6)} -> ${last.toFixed(6)}, ${result.examples} examples, ` +
+        `${seconds.toFixed(1)} s\nwrote ${out}\n`,
+    );
+  } finally {
+    await trainer.release();
+  }
+}
+
+/** The config fields of a new LoRA, by the flag that sets them. */
+const FLAG_OF: Record<string, string> = {
+  target_modules: 'targets',
+  targets: 'targets',
+  rank: 'rank',
+  r: 'rank',
+  lora_alpha: 'alpha',
+  lastLayers: 'last-layers',
+  layers_to_transform: 'last-layers',
+};
+
+/** initLora, its errors about a field told as errors of the flag that set it. */
+function newLora(config: LlamaConfig, options: LoraInit): PeftAdapter {
+  try {
+    return initLora(config, options);
+  } catch (error) {
+    const flag = error instanceof EdgeAdaptersError ? FLAG_OF[error.field ?? ''] : undefined;
+    if (flag === undefined) throw error;
+    const e = error as EdgeAdaptersError;
+    throw new UsageError(`--${flag}: ${e.message.slice(`${e.file}: ${e.field}: `.length)}`);
+  }
+}
+
+/** --targets: module names or suffixes separated by commas, or all-linear. */
+function parseTargets(value: string): string[] | 'all-linear' {
+  if (value.trim().toLowerCase() === 'all-linear') return 'all-linear';
+  const names = value.split(',').map((t) => t.trim());
+  if (names.some((t) => !/^[A-Za-z0-9_.]+$/.test(t)))
+    throw new UsageError(
+      `--targets expects module names separated by commas (q_proj,v_proj) or all-linear, got "${value}"`,
+    );
+  return names;
+}
+
+/** A PEFT adapter folder on disk (adapter_config.json + adapter_model.safetensors), parsed. */
+async function readAdapterFolder(dir: string): Promise<PeftAdapter> {
+  const files = folderSource(dir);
+  const config = await files.read(CONFIG_FILE);
+  const weights = await files.read(WEIGHTS_FILE);
+  if (!config) throw new AdapterFormatError(`${dir}/${CONFIG_FILE}`, undefined, 'missing');
+  if (!weights) throw new AdapterFormatError(`${dir}/${WEIGHTS_FILE}`, undefined, 'missing');
+  return parsePeftAdapter({ config, weights }, dir);
 }
 
 /** The model with the PEFT adapters of --adapter active (a blend with --weights when several). */
