@@ -14,7 +14,18 @@ import type { FileSource } from './formats/files.js';
 import { urlSource } from './formats/files.js';
 import { type FinishReason, type GenerateOptions, type GenerationChunk } from './engine/generate.js';
 import type { Completion, LanguageModel } from './engine/language-model.js';
-import { loadModelWithBase, type LoadModelOptions } from './load-model.js';
+import { loadModelWithBase, type LoadedModel, type LoadModelOptions } from './load-model.js';
+import { loadBackend } from './engine/backend.js';
+import {
+  PersonalAdapter,
+  type PersonalOptions,
+  type TrainEvent,
+  type TrainReport,
+  type TrainRequest,
+} from './personal-adapter.js';
+import { Trainer } from './train/trainer.js';
+import type { FeedbackEvent } from './train/feedback.js';
+import type { StoredFeedback } from './train/feedback-log.js';
 import {
   checkAdapterAgainstBase,
   parsePeftAdapter,
@@ -28,6 +39,8 @@ import { AdapterFormatError, InvalidInputError } from './errors.js';
 export interface RuntimeOptions extends LoadModelOptions {
   /** A model folder: path (Node), URL, or FileSource. */
   model: string | URL | FileSource;
+  /** Where the personal adapter keeps feedback and versions, and how a new one starts. */
+  personal?: PersonalOptions;
 }
 
 /** Where an adapter comes from: a PEFT folder (path in Node, URL, FileSource) or its two files' bytes. */
@@ -105,6 +118,50 @@ export class AdapterRegistry {
     const feeds = single ?? adapterFeeds(active, this.base);
     this.model.session.setAdapter(feeds);
     this.current = list;
+  }
+
+  /**
+   * Puts a new adapter in place of the one added as `id` (the personal adapter after training, or
+   * a rollback). If `id` is active, the active set is rebuilt with it; on any error the old adapter
+   * stays, active as before.
+   */
+  async replace(id: string, source: AdapterSource): Promise<AdapterInfo> {
+    const previous = this.loaded.get(id);
+    if (!previous) return this.add(id, source);
+    const adapter = await readAdapter(source, id);
+    checkAdapterAgainstBase(adapter, this.base.config, id);
+    const feeds = adapterFeeds([{ adapter, weight: 1 }], this.base);
+    const previousFeeds = this.alone.get(id) as AdapterFeeds;
+    this.loaded.set(id, adapter);
+    this.alone.set(id, feeds);
+    if (this.current.some((s) => s.id === id)) {
+      try {
+        await this.activate(this.current);
+      } catch (e) {
+        this.loaded.set(id, previous);
+        this.alone.set(id, previousFeeds);
+        throw e;
+      }
+    }
+    return this.info(id);
+  }
+
+  /** The feeds of an adapter that is not added (checked against the base as `add` checks). */
+  feedsFor(adapter: PeftAdapter): AdapterFeeds {
+    checkAdapterAgainstBase(adapter, this.base.config, adapter.label);
+    return adapterFeeds([{ adapter, weight: 1 }], this.base);
+  }
+
+  /** The feeds of one added adapter alone at weight 1 (for a request that names its adapter). */
+  feeds(id: string): AdapterFeeds {
+    const feeds = this.alone.get(id);
+    if (!feeds) throw new InvalidInputError('adapters', id, 'no adapter with this id');
+    return feeds;
+  }
+
+  /** An added adapter as loaded. */
+  get(id: string): PeftAdapter | undefined {
+    return this.loaded.get(id);
   }
 
   /** The base model alone from the next request. */
@@ -191,14 +248,51 @@ async function resolveFolder(source: string | URL): Promise<FileSource> {
 }
 
 export class Runtime {
+  /** The personal adapter: feedback, versions, rollback, export (src/personal-adapter.ts). */
+  readonly personal: PersonalAdapter;
+  private trainer?: Promise<Trainer>;
+
   private constructor(
     readonly model: LanguageModel,
     readonly adapters: AdapterRegistry,
-  ) {}
+    loaded: LoadedModel,
+    options: RuntimeOptions,
+  ) {
+    // Training runs on wasm (or onnxruntime-node), whatever runs inference.
+    const backend = {
+      backend: options.backend === 'node' ? ('node' as const) : ('wasm' as const),
+      threads: options.threads,
+      wasmPaths: options.wasmPaths,
+    };
+    this.personal = new PersonalAdapter(
+      adapters,
+      model,
+      () =>
+        (this.trainer ??= loadBackend(backend).then(
+          (b) => new Trainer(b, loaded.graph, model.config, loaded.base),
+        )),
+      options.personal,
+    );
+  }
 
   static async create(options: RuntimeOptions): Promise<Runtime> {
-    const { model, base } = await loadModelWithBase(options.model, options);
-    return new Runtime(model, new AdapterRegistry(model, base));
+    const loaded = await loadModelWithBase(options.model, options);
+    const rt = new Runtime(loaded.model, new AdapterRegistry(loaded.model, loaded.base), loaded, options);
+    await rt.personal.restore();
+    return rt;
+  }
+
+  /** Records a feedback event for the personal adapter (a rating, a correction, a pair, a demonstration). */
+  feedback(event: FeedbackEvent): Promise<StoredFeedback> {
+    return this.personal.feedback(event);
+  }
+
+  /**
+   * Trains a new version of the personal adapter on the feedback so far (or, with method 'rlaif', on
+   * a judge's preferences) and makes it active; generation meanwhile uses the last committed version.
+   */
+  train(request: TrainRequest, onProgress?: (e: TrainEvent) => void): Promise<TrainReport> {
+    return this.personal.train(request, onProgress);
   }
 
   generate(
@@ -216,7 +310,8 @@ export class Runtime {
     return this.model.logits(tokens);
   }
 
-  release(): Promise<void> {
-    return this.model.release();
+  async release(): Promise<void> {
+    await (await this.trainer)?.release();
+    await this.model.release();
   }
 }

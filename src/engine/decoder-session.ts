@@ -115,6 +115,16 @@ export class DecoderSession {
    * built before anything changes: on an error the previous adapter stays active.
    */
   setAdapter(feeds: AdapterFeeds | undefined): void {
+    const replaced = this.conditioning;
+    this.conditioning = this.prepare(feeds);
+    if (!this.users.has(replaced)) disposeAll(replaced.slots);
+  }
+
+  /**
+   * The conditioning of `feeds` without making it active: for one request (`begin(conditioning)`),
+   * whose end frees its GPU tensors.
+   */
+  prepare(feeds: AdapterFeeds | undefined): Conditioning {
     if (feeds && !this.slots) {
       throw new InvalidInputError('adapter', undefined, 'this model was loaded without adapter slots');
     }
@@ -134,9 +144,7 @@ export class DecoderSession {
       }
       prefix = { length: tokens, tensors };
     }
-    const replaced = this.conditioning;
-    this.conditioning = { slots, virtualTokens, prefix };
-    if (!this.users.has(replaced)) disposeAll(replaced.slots);
+    return { slots, virtualTokens, prefix };
   }
 
   /** The slot tensors for `feeds`, on the GPU when the session runs there. */
@@ -160,9 +168,12 @@ export class DecoderSession {
     return this.conditioning;
   }
 
-  /** The active adapter, held for one request until `end`, even if another is activated meanwhile. */
-  begin(): Conditioning {
-    const c = this.conditioning;
+  /**
+   * The active adapter (or a prepared one), held for one request until `end`, even if another is
+   * activated meanwhile.
+   */
+  begin(conditioning: Conditioning = this.conditioning): Conditioning {
+    const c = conditioning;
     this.users.set(c, (this.users.get(c) ?? 0) + 1);
     return c;
   }

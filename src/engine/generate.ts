@@ -3,7 +3,7 @@
  * text as it becomes final. Stops on EOS, a stop string, max tokens or the end of the context;
  * an AbortSignal cancels between tokens.
  */
-import type { DecoderSession, KvCache } from './decoder-session.js';
+import type { Conditioning, DecoderSession, KvCache } from './decoder-session.js';
 import { sampleToken, seededRandom, validateSampling, type SamplingOptions } from './sampling.js';
 import { TextStream } from './text-stream.js';
 import type { Tokenizer } from '../formats/tokenizer.js';
@@ -34,6 +34,8 @@ export async function* generateTokens(
   tokenizer: Tokenizer,
   prompt: readonly number[],
   options: GenerateOptions = {},
+  /** The adapter of this request (default: the active one). */
+  conditioning?: Conditioning,
 ): AsyncGenerator<GenerationChunk, FinishReason> {
   validateSampling(options);
   const maxTokens = options.maxTokens ?? 256;
@@ -45,7 +47,7 @@ export async function* generateTokens(
   options.signal?.throwIfAborted();
 
   // The adapter active now serves the whole request, even if another is activated meanwhile.
-  const adapter = session.begin();
+  const adapter = session.begin(conditioning);
   let cache: KvCache = session.startCache(adapter);
   try {
     let input: readonly number[] = [...adapter.virtualTokens, ...prompt];

@@ -1,7 +1,8 @@
 /**
  * A base model ready to generate: its config, tokenizer and decoder session.
  */
-import type { DecoderSession } from './decoder-session.js';
+import type { Conditioning, DecoderSession } from './decoder-session.js';
+import type { AdapterFeeds } from '../methods/feeds.js';
 import { generateTokens, type FinishReason, type GenerateOptions, type GenerationChunk } from './generate.js';
 import type { LlamaConfig } from '../formats/checkpoint.js';
 import type { Tokenizer } from '../formats/tokenizer.js';
@@ -34,9 +35,8 @@ export class LanguageModel {
   ) {}
 
   /** Text to token ids, with BOS as the model expects; token arrays pass through unchanged. */
-  encode(prompt: string | readonly number[]): number[] {
+  encode(prompt: string | readonly number[], active: Conditioning = this.session.active): number[] {
     const tokens = typeof prompt === 'string' ? this.tokenizer.encode(prompt, { bos: true }) : [...prompt];
-    const { active } = this.session;
     const adapterTokens = active.virtualTokens.length + (active.prefix?.length ?? 0);
     if (adapterTokens + tokens.length >= this.config.max_position_embeddings) {
       const adapter = adapterTokens ? ` (and ${adapterTokens} virtual tokens of the active adapter)` : '';
@@ -49,23 +49,35 @@ export class LanguageModel {
     return tokens;
   }
 
-  /** Streams generated text chunk by chunk. */
+  /**
+   * Streams generated text chunk by chunk, with the active adapter or, given `adapter`, with those
+   * feeds for this request only (the active adapter stays as it is).
+   */
   generate(
     prompt: string | readonly number[],
     options: GenerateOptions = {},
+    adapter?: AdapterFeeds,
   ): AsyncGenerator<GenerationChunk, FinishReason> {
-    return generateTokens(this.session, this.tokenizer, this.encode(prompt), {
-      ...this.generationDefaults,
-      ...options,
-    });
+    const conditioning = adapter && this.session.prepare(adapter);
+    return generateTokens(
+      this.session,
+      this.tokenizer,
+      this.encode(prompt, conditioning),
+      { ...this.generationDefaults, ...options },
+      conditioning,
+    );
   }
 
   /** Generates to the end and returns the new text and tokens. */
-  async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<Completion> {
+  async complete(
+    prompt: string | readonly number[],
+    options: GenerateOptions = {},
+    adapter?: AdapterFeeds,
+  ): Promise<Completion> {
     let text = '';
     const tokens: number[] = [];
     let finishReason: FinishReason = 'length';
-    for await (const chunk of this.generate(prompt, options)) {
+    for await (const chunk of this.generate(prompt, options, adapter)) {
       text += chunk.text;
       tokens.push(chunk.token);
       if (chunk.finishReason) finishReason = chunk.finishReason;
