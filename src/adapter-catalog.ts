@@ -227,7 +227,9 @@ export class AdapterCatalog {
     const saved = await this.state.active(this.options.baseFingerprint);
     if (saved === undefined || saved.length === 0) return { active: [] };
     try {
-      for (const { id } of saved) await this.install(id);
+      // Adapters the runtime holds already (the personal adapter) need no install.
+      const added = new Set(this.registry.list().map((a) => a.id));
+      for (const { id } of saved) if (!added.has(id)) await this.install(id);
       await this.registry.activate(saved);
       return { active: this.registry.active() };
     } catch (e) {

@@ -38,7 +38,17 @@ import type {
   RuntimeWorker,
   WorkerLoadOptions,
 } from './worker-runtime.js';
+import type { TrainEvent, TrainReport, TrainRequest } from './personal-adapter.js';
+import type { FeedbackEvent } from './train/feedback.js';
+import type { StoredFeedback } from './train/feedback-log.js';
+import type { PersonalVersion } from './train/personal-versions.js';
 
+export type { TrainEvent, TrainReport, TrainRequest, TrainMethod } from './personal-adapter.js';
+export type { FeedbackEvent } from './train/feedback.js';
+export type { StoredFeedback } from './train/feedback-log.js';
+export type { PersonalVersion } from './train/personal-versions.js';
+export type { Judge } from './train/rlaif.js';
+export type { LoraInit } from './train/init-lora.js';
 export type { BackendReport, BrowserBackend } from './engine/backend.js';
 export type { Quantization } from './engine/language-model.js';
 export { WEBGPU_VERIFIED_OPS } from './engine/backend.js';
@@ -83,6 +93,8 @@ export interface CreateRuntimeOptions {
   baseWeights?: string;
   /** Activate the selection remembered from the last session (default true, with a manifest). */
   restore?: boolean;
+  /** The personal adapter: its IndexedDB databases, versions kept, how a new one starts. */
+  personal?: WorkerLoadOptions['personal'];
   /**
    * The adapter slots to patch into the graph (loadModel's `slots`). `{ adapters: [configs] }` (PEFT
    * adapter_config.json objects, parsed with parsePeftConfig) gives the fastest graph for a known set
@@ -164,6 +176,7 @@ export class RemoteRuntime {
             restore: options.restore,
             slots: options.slots,
             kernels: options.kernels,
+            personal: options.personal,
           },
           options.onProgress ? proxy(options.onProgress) : undefined,
         ),
@@ -371,6 +384,53 @@ export class RemoteRuntime {
     uninstall: (id: string): Promise<boolean> => this.call(this.remote.adapters.uninstall(id)),
     /** The cache's bytes, entries and budget, and the origin's quota and usage. */
     usage: (): Promise<StoreUsage> => this.call(this.remote.adapters.usage()),
+  };
+
+  /**
+   * Records a feedback event for the personal adapter (kept in IndexedDB): a rating, a correction, a
+   * preference pair or a demonstration. A malformed event is an InvalidInputError naming the field.
+   */
+  feedback(event: FeedbackEvent): Promise<StoredFeedback> {
+    return this.call(this.remote.feedback(event));
+  }
+
+  /**
+   * Trains a new version of the personal adapter in the worker (the page never blocks) and makes it
+   * active; generation meanwhile uses the last committed version. `request.signal` cancels it with
+   * nothing committed; `request.judge` (RLAIF) runs on the page.
+   */
+  async train(request: TrainRequest, onProgress?: (e: TrainEvent) => void): Promise<TrainReport> {
+    const { signal, judge, ...rest } = request;
+    signal?.throwIfAborted();
+    const id = this.nextId++;
+    const onAbort = () => void this.remote.abort(id).catch(() => undefined);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      return await this.call(
+        this.remote.train(
+          id,
+          rest,
+          onProgress ? proxy(onProgress) : undefined,
+          judge ? proxy(judge) : undefined,
+        ),
+      );
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** The personal adapter's numbered versions: history, rollback, export in PEFT format. */
+  readonly personal = {
+    history: (): Promise<PersonalVersion[]> => this.call(this.remote.personal.history()),
+    current: (): Promise<PersonalVersion | undefined> => this.call(this.remote.personal.current()),
+    /** The feedback recorded so far, oldest first. */
+    feedbackLog: (): Promise<StoredFeedback[]> => this.call(this.remote.personal.feedbackLog()),
+    /** Makes an earlier version current (and active where the personal adapter is). */
+    rollback: (version: number): Promise<PersonalVersion> =>
+      this.call(this.remote.personal.rollback(version)),
+    /** adapter_config.json and adapter_model.safetensors of a version (default the current one). */
+    export: (version?: number): Promise<Map<string, Uint8Array>> =>
+      this.call(this.remote.personal.export(version)),
   };
 
   /**

@@ -31,3 +31,37 @@ export {
   type InstalledAdapter,
   type RestoreReport,
 } from './adapter-catalog.js';
+export {
+  PersonalAdapter,
+  type PersonalOptions,
+  type TrainEvent,
+  type TrainMethod,
+  type TrainReport,
+  type TrainRequest,
+} from './personal-adapter.js';
+export {
+  parseFeedback,
+  parseFeedbackJsonl,
+  feedbackKind,
+  type FeedbackEvent,
+  type FeedbackKind,
+} from './train/feedback.js';
+export {
+  memoryFeedbackLog,
+  indexedDbFeedbackLog,
+  type FeedbackLog,
+  type StoredFeedback,
+} from './train/feedback-log.js';
+export {
+  memoryPersonalVersions,
+  indexedDbPersonalVersions,
+  type PersonalVersion,
+  type PersonalVersionStore,
+} from './train/personal-versions.js';
+export { Trainer, type TrainOptions, type TrainProgress, type TrainResult } from './train/trainer.js';
+export { initLora, type LoraInit } from './train/init-lora.js';
+export { trainingExamples, type Examples } from './train/examples.js';
+export { rlaifPreferences, logProbJudge, type Judge } from './train/rlaif.js';
+export { buildTrainingGraph, type TrainingGraph, type TrainingGraphOptions } from './train/training-graph.js';
+export { differentiate, type DifferentiateOptions } from './graph/autodiff/differentiate.js';
+export { toStandardOps } from './graph/standard-ops.js';

@@ -19,6 +19,12 @@ import type { FetchProgress } from './store/fetch.js';
 import { folderDownload, type DownloadProgress } from './store/folder-download.js';
 import { modelFingerprint } from './store/manifest.js';
 import type { LoadModelOptions } from './load-model.js';
+import type { TrainEvent, TrainReport, TrainRequest } from './personal-adapter.js';
+import type { FeedbackEvent } from './train/feedback.js';
+import type { StoredFeedback } from './train/feedback-log.js';
+import type { LoraInit } from './train/init-lora.js';
+import type { PersonalVersion } from './train/personal-versions.js';
+import type { Judge } from './train/rlaif.js';
 
 // ---------------------------------------------------------------------------------------------
 // What crosses the boundary
@@ -51,7 +57,23 @@ export interface WorkerLoadOptions {
   kernels?: LoadModelOptions['kernels'];
   /** Activate the selection remembered from the last session (default true; needs `manifest`). */
   restore?: boolean;
+  /** The personal adapter: its IndexedDB databases and how a new one starts. */
+  personal?: WorkerPersonalOptions;
 }
+
+export interface WorkerPersonalOptions {
+  /** The feedback log's database (default 'edge-adapters-feedback'). */
+  feedbackDbName?: string;
+  /** The versions' database (default 'edge-adapters-personal'). */
+  versionsDbName?: string;
+  /** Versions kept (default 20). */
+  keep?: number;
+  /** A new personal adapter's rank, alpha, targets, last layers. */
+  lora?: LoraInit;
+}
+
+/** A training request that can cross the boundary: the judge and the signal stay on the page. */
+export type WorkerTrainRequest = Omit<TrainRequest, 'judge' | 'signal'>;
 
 export interface AdapterCacheOptions {
   /** The most bytes of adapters kept (default 512 MiB); least recently used are evicted first. */
@@ -174,6 +196,11 @@ export class RuntimeWorker {
         file: `${files.label}config.json`,
       });
       const { Runtime } = await import('./runtime.js');
+      const [{ indexedDbFeedbackLog }, { indexedDbPersonalVersions }] = await Promise.all([
+        import('./train/feedback-log.js'),
+        import('./train/personal-versions.js'),
+      ]);
+      const personal = options.personal ?? {};
       const runtime = await Runtime.create({
         model: files,
         backend: choice.name,
@@ -181,6 +208,11 @@ export class RuntimeWorker {
         wasmPaths: options.wasmPaths,
         slots: options.slots,
         kernels: options.kernels,
+        personal: {
+          feedback: indexedDbFeedbackLog({ dbName: personal.feedbackDbName }),
+          versions: indexedDbPersonalVersions({ dbName: personal.versionsDbName, keep: personal.keep }),
+          lora: personal.lora,
+        },
       });
       files.clear();
       let restored: WorkerLoadResult['restored'] = { active: [] };
@@ -267,7 +299,7 @@ export class RuntimeWorker {
     }
   }
 
-  /** Cancels request `id` (a generate or an install). */
+  /** Cancels request `id` (a generate, an install or a training run). */
   abort(id: number): void {
     this.requests.get(id)?.abort(new DOMException('aborted', 'AbortError'));
   }
@@ -286,6 +318,58 @@ export class RuntimeWorker {
       rows.map((r) => r.buffer as ArrayBuffer),
     );
   }
+
+  /** Records a feedback event for the personal adapter, in IndexedDB. */
+  feedback(event: FeedbackEvent): Promise<StoredFeedback> {
+    return this.rt().feedback(event);
+  }
+
+  /**
+   * Trains a new version of the personal adapter. Not queued behind generation, and generation is
+   * not queued behind it: requests meanwhile run between training steps, with the last committed
+   * version. `abort(id)` cancels it (nothing is committed); `judge` is the page's RLAIF judge.
+   */
+  async train(
+    id: number,
+    request: WorkerTrainRequest,
+    onProgress?: (e: TrainEvent) => void,
+    judge?: Judge,
+  ): Promise<TrainReport> {
+    const relay = new Relay(onProgress);
+    try {
+      return await this.cancellable(id, async (signal) => {
+        const report = await this.rt().train({ ...request, signal, ...(judge ? { judge } : {}) }, (e) =>
+          relay.send(e),
+        );
+        await this.catalog?.remember();
+        return report;
+      });
+    } finally {
+      await relay.close();
+    }
+  }
+
+  /** The personal adapter's versions, rollback and export (PEFT files, transferred). */
+  readonly personal = proxy({
+    history: (): Promise<PersonalVersion[]> => this.rt().personal.history(),
+    current: (): Promise<PersonalVersion | undefined> => this.rt().personal.current(),
+    feedbackLog: (): Promise<StoredFeedback[]> => this.rt().personal.feedbackLog(),
+    rollback: (version: number): Promise<PersonalVersion> =>
+      this.exclusive(async () => {
+        const v = await this.rt().personal.rollback(version);
+        await this.catalog?.remember();
+        return v;
+      }),
+    export: async (version?: number): Promise<Map<string, Uint8Array>> => {
+      const files = new Map(
+        [...(await this.rt().personal.export(version))].map(([name, b]) => [name, b.slice()]),
+      );
+      return transfer(
+        files,
+        [...files.values()].map((b) => b.buffer as ArrayBuffer),
+      );
+    },
+  });
 
   /** Marked as a proxy so that the page's Remote type has its methods (comlink calls them by path). */
   readonly adapters = proxy({

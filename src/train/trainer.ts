@@ -200,6 +200,9 @@ export class Trainer {
     const losses: number[] = [];
     let skipped = 0;
     for (let step = 0; step < steps; step++) {
+      // onnxruntime-web's wasm runs resolve without giving the event loop a turn: let pending
+      // messages in (a generation request, an abort) before each step.
+      await yieldToEventLoop();
       if (options.signal?.aborted) throw options.signal.reason ?? new Error('aborted');
       const picked: number[] = [];
       while (picked.length < batchSize) {
@@ -280,6 +283,19 @@ export class Trainer {
     for (const entry of this.cache.values()) for (const s of entry.sessions.values()) await s.release();
     this.cache.clear();
   }
+}
+
+/** Resolves after the event loop has run what is pending (a MessageChannel round trip: no timer clamping). */
+function yieldToEventLoop(): Promise<void> {
+  if (typeof MessageChannel === 'undefined') return new Promise((resolve) => setTimeout(resolve, 0));
+  return new Promise((resolve) => {
+    const { port1, port2 } = new MessageChannel();
+    port1.onmessage = () => {
+      port1.close();
+      resolve();
+    };
+    port2.postMessage(null);
+  });
 }
 
 function shuffled(n: number, random: () => number): number[] {
