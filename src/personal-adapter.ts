@@ -25,7 +25,7 @@ import {
   type PersonalVersion,
   type PersonalVersionStore,
 } from './train/personal-versions.js';
-import { rlaifPreferences, type Judge } from './train/rlaif.js';
+import { rlaifPreferences, type Judge, type JudgedPrompt } from './train/rlaif.js';
 import type { Trainer, TrainOptions, TrainProgress, TrainResult } from './train/trainer.js';
 
 export interface PersonalOptions {
@@ -68,6 +68,8 @@ export interface TrainReport {
   examples: number;
   /** RLAIF: the preference pairs the judge gave. */
   pairs?: number;
+  /** RLAIF: every sampled completion with the judge's score, round after round. */
+  judged?: JudgedPrompt[];
   seconds: number;
 }
 
@@ -162,6 +164,7 @@ export class PersonalAdapter {
     const progress = (p: TrainProgress) => onProgress?.({ stage: 'train', ...p });
     let result: TrainResult;
     let pairs: number | undefined;
+    const judgedAll: JudgedPrompt[] = [];
     if (request.method !== 'rlaif') {
       result = await trainer.train(start, trainingExamples(events, this.model.tokenizer), options, progress);
     } else {
@@ -201,6 +204,7 @@ export class PersonalAdapter {
           },
         });
         pairs += judged.pairs.length;
+        judgedAll.push(...judged.judged);
         if (judged.pairs.length === 0) continue; // the judge preferred nothing: nothing to learn this round
         const r = await trainer.train(
           policy,
@@ -248,7 +252,7 @@ export class PersonalAdapter {
       losses: result.losses,
       skipped: result.skipped,
       examples: result.examples,
-      ...(pairs === undefined ? {} : { pairs }),
+      ...(pairs === undefined ? {} : { pairs, judged: judgedAll }),
       seconds: (performance.now() - t0) / 1000,
     };
   }

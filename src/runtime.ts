@@ -24,6 +24,7 @@ import {
   type TrainRequest,
 } from './personal-adapter.js';
 import { Trainer } from './train/trainer.js';
+import { encodeRow } from './train/examples.js';
 import type { FeedbackEvent } from './train/feedback.js';
 import type { StoredFeedback } from './train/feedback-log.js';
 import {
@@ -308,6 +309,32 @@ export class Runtime {
 
   logits(tokens: readonly number[]): Promise<Float32Array[]> {
     return this.model.logits(tokens);
+  }
+
+  /**
+   * log p(completion | prompt) under the active adapter: the sum over the completion's tokens and
+   * their count (prompt + completion tokenized together, as training does). With `logProbJudge` it
+   * makes this runtime an RLAIF judge: a scoring model, or a scoring adapter active on it.
+   */
+  async logProb(prompt: string, completion: string): Promise<{ sum: number; tokens: number }> {
+    const row = encodeRow(
+      this.model.tokenizer,
+      prompt,
+      completion,
+      this.model.config.max_position_embeddings,
+    );
+    if (!row) return { sum: 0, tokens: 0 };
+    const logits = await this.model.logits(row.tokens);
+    let sum = 0;
+    for (let j = row.completionStart; j < row.tokens.length; j++) {
+      const l = logits[j - 1];
+      let max = -Infinity;
+      for (const v of l) max = Math.max(max, v);
+      let total = 0;
+      for (const v of l) total += Math.exp(v - max);
+      sum += l[row.tokens[j]] - max - Math.log(total);
+    }
+    return { sum, tokens: row.tokens.length - row.completionStart };
   }
 
   async release(): Promise<void> {

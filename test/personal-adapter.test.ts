@@ -18,6 +18,7 @@ import { InvalidInputError } from '../src/errors.js';
 import type { FeedbackEvent } from '../src/train/feedback.js';
 import { memoryFeedbackLog } from '../src/train/feedback-log.js';
 import { memoryPersonalVersions } from '../src/train/personal-versions.js';
+import { logProbJudge } from '../src/train/rlaif.js';
 
 const work = mkdtempSync(path.join(tmpdir(), 'edge-adapters-personal-'));
 const dir = path.join(work, 'stories260K');
@@ -193,6 +194,64 @@ describe('the personal adapter', () => {
     await expect(
       rt.train({ method: 'rlaif', judge: () => [1], prompts: [prompt], samples: 2, maxTokens: 4 }),
     ).rejects.toThrow(/judge/);
+  });
+
+  it('RLAIF with a scoring model as the judge: pairs ordered by the judge, and the policy learns them', async () => {
+    // The judge: a second runtime whose active adapter was trained (SFT) on stories about Tom; it
+    // scores a completion by its mean token log-probability (logProbJudge over rt.logProb).
+    const judgeRt = await Runtime.create({
+      model: dir,
+      personal: { lora: { rank: 4, targets: 'all-linear' } },
+    });
+    for (const thing of ['ball', 'dog', 'cat', 'kite'])
+      await judgeRt.feedback({ prompt, completion: `, there was a boy named Tom. Tom had a ${thing}.` });
+    await judgeRt.train({ method: 'sft', steps: 12, lr: 1e-2 });
+    const judge = logProbJudge((p, c) => judgeRt.logProb(p, c));
+    const student = await Runtime.create({
+      model: dir,
+      personal: { lora: { rank: 4, targets: 'all-linear' } },
+    });
+    const report = await student.train({
+      method: 'rlaif',
+      judge,
+      prompts: Array(8).fill(prompt),
+      samples: 4,
+      maxTokens: 12,
+      steps: 10,
+      lr: 1e-3,
+    });
+    const pairs = report.judged!.flatMap(({ completions, scores }) => {
+      const best = scores.indexOf(Math.max(...scores));
+      const worst = scores.indexOf(Math.min(...scores));
+      return scores[best] > scores[worst]
+        ? [{ chosen: completions[best], rejected: completions[worst], gap: scores[best] - scores[worst] }]
+        : [];
+    });
+    expect(pairs).toHaveLength(report.pairs!);
+    expect(pairs.length).toBeGreaterThan(4);
+    // The judge's scores are its mean log-probs: recomputed independently, they order each pair.
+    for (const pair of pairs) {
+      const [c, r] = [
+        await judgeRt.logProb(prompt, pair.chosen),
+        await judgeRt.logProb(prompt, pair.rejected),
+      ];
+      expect(c.sum / c.tokens - r.sum / r.tokens).toBeCloseTo(pair.gap, 5);
+    }
+    // DPO on them widened the policy's margin log p(chosen) - log p(rejected) over the base's.
+    const margins = async () => {
+      let m = 0;
+      for (const pair of pairs)
+        m +=
+          (await student.logProb(prompt, pair.chosen)).sum -
+          (await student.logProb(prompt, pair.rejected)).sum;
+      return m / pairs.length;
+    };
+    const trained = await margins();
+    student.adapters.deactivate();
+    const base = await margins();
+    expect(trained).toBeGreaterThan(base + 1);
+    await judgeRt.release();
+    await student.release();
   });
 
   it('a runtime created on the same stores comes back with the current version added, not active', async () => {
