@@ -35,6 +35,11 @@ export interface PersonalOptions {
   versions?: PersonalVersionStore;
   /** How a new personal adapter starts (default rank 8, lora_alpha 16, q_proj and v_proj). */
   lora?: LoraInit;
+  /**
+   * Or the adapter a new personal adapter starts from, instead of a fresh LoRA: a LoRA, an IA3
+   * adapter (its vectors are trained) or a prompt-tuning adapter (its virtual tokens are trained).
+   */
+  init?: PeftAdapter;
   /** Its id among the runtime's adapters (default 'personal'). */
   id?: string;
 }
@@ -153,7 +158,7 @@ export class PersonalAdapter {
     const current = await this.versions.current();
     const start = current
       ? await this.load(current.version)
-      : initLora(this.model.config, { seed: request.seed, ...this.options.lora });
+      : (this.options.init ?? initLora(this.model.config, { seed: request.seed, ...this.options.lora }));
     const events: FeedbackEvent[] = (await this.log.list()).map((s) => s.event);
     const steps = request.steps ?? 20;
     const options = {

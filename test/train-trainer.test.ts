@@ -20,6 +20,8 @@ import { trainingExamples, type Examples } from '../src/train/examples.js';
 import { adapterWith, paramsOf } from '../src/train/adapter-params.js';
 import type { FeedbackEvent } from '../src/train/feedback.js';
 import { InvalidInputError } from '../src/errors.js';
+import { loadAdapter, makeIa3Adapter, makePromptTuningAdapter } from './helpers/peft-fixtures.js';
+import { maxAbsDiff } from './helpers/numeric.js';
 
 const bytes = (p: string) => new Uint8Array(readFileSync(p));
 const ckpt = parseLlama2cCheckpoint(bytes(fixture('llama2c/stories260K.bin')));
@@ -99,6 +101,18 @@ describe('Trainer', () => {
     const dpo = await trainer.train(start, examples, { method: 'dpo', steps: 12, batchSize: 3, lr: 5e-3 });
     expect(dpo.losses[11]).toBeLessThan(0.8 * Math.LN2);
     expect(dpo.skipped).toBe(0);
+  });
+
+  it('trains IA3 vectors and prompt-tuning embeddings too', async () => {
+    const ia3 = loadAdapter(makeIa3Adapter({ targets: ['k_proj', 'v_proj', 'down_proj'], scale: 0.1 }));
+    const prompt = loadAdapter(makePromptTuningAdapter({ numVirtualTokens: 4, scale: 0.5 }));
+    for (const start of [ia3, prompt]) {
+      const r = await trainer.train(start, examples, { method: 'sft', steps: 12, batchSize: 4, lr: 2e-2 });
+      expect(r.losses[11]).toBeLessThan(0.9 * r.losses[0]);
+      expect(r.adapter.config.peft_type).toBe(start.config.peft_type);
+      const moved = [...paramsOf(r.adapter)].some(([name, p]) => maxAbsDiff(p, paramsOf(start).get(name)!) > 1e-3);
+      expect(moved).toBe(true);
+    }
   });
 
   it('trains only the last k layers of a last-layers adapter', async () => {
