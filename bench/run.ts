@@ -16,6 +16,7 @@
  *                          decode tok/s on wasm and WebGPU, in the worker in headless Chromium
  *   quant (qlora)          issue 5: quantized bases — kernels per backend; disk, memory, decode tok/s
  *                          of fp32 / int8 / int4 / nf4 with a LoRA active, in Node and Chromium
+ *   train                  ms per training step and memory against one forward, Node and Chromium
  *
  * Options: --models stories260K,smollm2-135m (throughput, browser)  --threads 1,2 (all; swap uses
  * the first; decode defaults to 1)  --rounds N (throughput, browser)  --steps N (decode pairs)
@@ -32,10 +33,11 @@ import { runBrowserStore } from './browser-store.js';
 import { overheadWorker, runOverhead, type OverheadSpec } from './decode-overhead.js';
 import { runSlotReads } from './slot-reads.js';
 import { QUANT_PARTS, quantWorker, runQuant, type QuantSpec } from './quant.js';
+import { runTrain, trainWorker, type TrainSpec } from './train.js';
 import { machineLine, progress } from './lib/report.js';
 import type { ModelName } from './lib/models.js';
 
-const PARTS = ['throughput', 'swap', 'decode', 'browser', 'store', 'quant'] as const;
+const PARTS = ['throughput', 'swap', 'decode', 'browser', 'store', 'quant', 'train'] as const;
 type Part = (typeof PARTS)[number];
 const ALIASES: Record<string, Part> = {
   adapters: 'swap',
@@ -50,6 +52,7 @@ async function worker(kind: string, spec: string): Promise<void> {
   if (kind === 'swap') return swapWorker(JSON.parse(spec) as SwapSpec);
   if (kind === 'overhead') return overheadWorker(JSON.parse(spec) as OverheadSpec);
   if (kind === 'quant') return quantWorker(JSON.parse(spec) as QuantSpec);
+  if (kind === 'train') return trainWorker(JSON.parse(spec) as TrainSpec);
   throw new Error(`unknown worker kind ${kind}`);
 }
 
@@ -69,7 +72,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser,store,quant] [--quick] [--models stories260K,smollm2-135m]\n' +
+      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser,store,quant,train] [--quick] [--models stories260K,smollm2-135m]\n' +
         '                        [--threads 1,2] [--rounds N] [--steps N] [--with-slots] [--quant-parts kernels,node,chromium]',
     );
     return;
@@ -132,6 +135,7 @@ async function main(): Promise<void> {
       gpuSteps: quick ? 2 : 3,
     }),
   );
+  await timed('train', () => runTrain({ models, threads, rounds: rounds ?? (quick ? 2 : 7), quick }));
   progress(`done in ${((performance.now() - t0) / 60000).toFixed(1)} min`);
 }
 
