@@ -3,7 +3,7 @@
  * backend, with ratios to a baseline measured in the same run (interleaved or paired, never from
  * another run). Progress goes to stderr, the report to stdout.
  *
- *   npm run bench                               # all parts (about 70 minutes on 2 cores)
+ *   npm run bench                               # all parts (about 80 minutes on 2 cores)
  *   npm run bench -- --only throughput          # one part, or several: --only swap,decode
  *   npm run bench -- --quick                    # fewer rounds: a smoke run
  *
