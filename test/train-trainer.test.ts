@@ -110,7 +110,9 @@ describe('Trainer', () => {
       const r = await trainer.train(start, examples, { method: 'sft', steps: 12, batchSize: 4, lr: 2e-2 });
       expect(r.losses[11]).toBeLessThan(0.9 * r.losses[0]);
       expect(r.adapter.config.peft_type).toBe(start.config.peft_type);
-      const moved = [...paramsOf(r.adapter)].some(([name, p]) => maxAbsDiff(p, paramsOf(start).get(name)!) > 1e-3);
+      const moved = [...paramsOf(r.adapter)].some(
+        ([name, p]) => maxAbsDiff(p, paramsOf(start).get(name)!) > 1e-3,
+      );
       expect(moved).toBe(true);
     }
   });
