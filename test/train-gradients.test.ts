@@ -19,7 +19,7 @@ import * as ort from 'onnxruntime-web';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { fixture } from './fixtures.js';
 import { session } from './helpers/gradient-check.js';
-import { toFloat64 } from './helpers/float64-model.js';
+import { exactDecoderConstants, toFloat64 } from './helpers/float64-model.js';
 import {
   loadAdapter,
   makeIa3Adapter,
@@ -68,32 +68,6 @@ function dyadic(adapter: PeftAdapter): PeftAdapter {
   const params = paramsOf(adapter);
   for (const p of params.values()) for (let i = 0; i < p.length; i++) p[i] = Math.round(p[i] * 4096) / 4096;
   return adapterWith(adapter, params);
-}
-
-/**
- * The decoder's float32-rounded constants in float64, as the reference computes them: the RoPE tables
- * and the 1/√head_dim query scale (rounded, they differ from the reference by ~6e-8 relative, which
- * moves these log-probs by ~4e-7 and would hide a small error in a gradient).
- */
-function exactConstants(model: ModelProto, config: Checkpoint['config']): Map<string, Float64Array> {
-  const hd = config.hidden_size / config.num_attention_heads;
-  const positions = config.max_position_embeddings;
-  const cos = new Float64Array(positions * hd);
-  const sin = new Float64Array(positions * hd);
-  for (let p = 0; p < positions; p++) {
-    for (let k = 0; k < hd / 2; k++) {
-      const angle = p / Math.pow(config.rope_theta, (2 * k) / hd);
-      cos[p * hd + k] = cos[p * hd + hd / 2 + k] = Math.cos(angle);
-      sin[p * hd + k] = -Math.sin(angle);
-      sin[p * hd + hd / 2 + k] = Math.sin(angle);
-    }
-  }
-  const scale = model.graph!.node.find((n) => n.name === '/model/layers.0/self_attn/q_Scale')!.input[1];
-  return new Map([
-    ['/model/rotary_emb/cos', cos],
-    ['/model/rotary_emb/sin_signed', sin],
-    [scale, Float64Array.from([1 / Math.sqrt(hd)])],
-  ]);
 }
 
 interface ObjectiveInputs {
@@ -181,7 +155,7 @@ async function gradients(c: Case) {
   const x = objectiveInputs(c.objective, ref);
   const slots = slotTensors(ort, graph.layout, feeds);
   // float64: the graph rendered in float64, fed the same values.
-  const s64 = await session(toFloat64(graph.model, exactConstants(graph.model, c.ckpt.config)));
+  const s64 = await session(toFloat64(graph.model, exactDecoderConstants(graph.model, c.ckpt.config)));
   const f64 = Object.fromEntries(
     Object.entries(trainingFeeds(ort, c.ckpt.config, batch, slots, extraFeeds(x))).map(([k, t]) => [
       k,

@@ -77,6 +77,30 @@ export interface DecoderOptions {
    * or DequantizeLinear + MatMul (int8); see ./quantized-linear.ts.
    */
   quantize?: GraphQuantizeOptions;
+  /**
+   * 'inputs': every weight is a graph input of the same name instead of an initializer (the
+   * embedding, the norms, each linear's `{module}.weight.T` [in, out]), for training all of them
+   * (src/train/pretrain.ts); a tied lm_head is then the Transpose of the embedding input. Default
+   * 'initializers'.
+   */
+  weights?: 'initializers' | 'inputs';
+}
+
+/** The weight inputs of a decoder built with `weights: 'inputs'`, each with its value in the checkpoint. */
+export function weightInputs(ckpt: Checkpoint): { name: string; data: Float32Array; dims: number[] }[] {
+  const c = ckpt.config;
+  const out: { name: string; data: Float32Array; dims: number[] }[] = [];
+  const t = (name: string) => ckpt.tensors.get(name) as Float32Tensor;
+  for (const name of expectedShapes(c).keys()) {
+    const w = t(name);
+    if (name === 'model.embed_tokens.weight') {
+      out.push({ name, data: w.data, dims: w.shape });
+      continue;
+    }
+    if (w.shape.length === 1) out.push({ name, data: w.data, dims: w.shape });
+    else out.push({ name: `${name}.T`, data: transpose(w), dims: [w.shape[1], w.shape[0]] });
+  }
+  return out;
 }
 
 /** Metadata key (`metadata_props`) that records the profile a graph was built with. */
@@ -109,19 +133,31 @@ export function buildLlamaDecoder(ckpt: Checkpoint, opts: DecoderOptions = {}): 
   }
 
   const weight = (name: string) => ckpt.tensors.get(name) as Float32Tensor;
+  const asInputs = opts.weights === 'inputs';
+  const param = (name: string, data: Float32Array, dims: number[]) =>
+    asInputs ? g.input(name, 'float32', dims) : g.initializer(name, data, dims);
   const embed = weight('model.embed_tokens.weight');
-  g.initializer('model.embed_tokens.weight', embed.data, embed.shape);
+  param('model.embed_tokens.weight', embed.data, embed.shape);
   let hidden = g.node('Gather', ['model.embed_tokens.weight', ids], {
     name: '/model/embed_tokens/Gather',
   })[0];
 
   const linear = (module: string, x: string, w: Float32Tensor, outputs?: string[]): string => {
-    const wt = g.initializer(`${module}.weight.T`, transpose(w), [w.shape[1], w.shape[0]]);
+    const dims = [w.shape[1], w.shape[0]];
+    const wt =
+      asInputs && module === 'lm_head' && c.tie_word_embeddings
+        ? g.node('Transpose', ['model.embed_tokens.weight'], {
+            name: '/lm_head/tied/Transpose',
+            attrs: { perm: [1, 0] },
+          })[0]
+        : asInputs
+          ? g.input(`${module}.weight.T`, 'float32', dims)
+          : g.initializer(`${module}.weight.T`, transpose(w), dims);
     return g.node('MatMul', [x, wt], { name: linearNodeName(module), outputs })[0];
   };
 
   const bias = attentionBias(g, ids, mask);
-  const ctx: LayerContext = { g, c, hd, positions, bias, linear, weight };
+  const ctx: LayerContext = { g, c, hd, positions, bias, linear, weight, param };
   const attention = profile === 'standard' ? matmulAttention(ctx) : gqaAttention(ctx);
   const norm = profile === 'standard' ? standardNorm(ctx) : contribNorm(ctx);
 
@@ -200,6 +236,8 @@ interface LayerContext {
   bias: string;
   linear: (module: string, x: string, w: Float32Tensor, outputs?: string[]) => string;
   weight: (name: string) => Float32Tensor;
+  /** A weight as an initializer, or a graph input (`weights: 'inputs'`). */
+  param: (name: string, data: Float32Array, dims: number[]) => string;
 }
 
 type Norm = (
@@ -217,10 +255,10 @@ type Attention = (layer: number, x: string, past: { key: string; value: string }
  * Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul, the pattern onnxruntime's optimizer fuses into
  * SimplifiedLayerNormalization on the providers that have it.
  */
-function standardNorm({ g, c, weight }: LayerContext): Norm {
+function standardNorm({ g, c, weight, param }: LayerContext): Norm {
   return (prefix, weightName, x, residual, addName) => {
     const sum = residual === undefined ? x : g.node('Add', [residual, x], { name: addName })[0];
-    const w = g.initializer(weightName, weight(weightName).data, [c.hidden_size]);
+    const w = param(weightName, weight(weightName).data, [c.hidden_size]);
     const [sq] = g.node('Pow', [sum, g.floats(2, [])], { name: `${prefix}/Pow` });
     const [mean] = g.node('ReduceMean', [sq], {
       name: `${prefix}/ReduceMean`,
@@ -235,10 +273,10 @@ function standardNorm({ g, c, weight }: LayerContext): Norm {
 }
 
 /** SimplifiedLayerNormalization, or SkipSimplifiedLayerNormalization when a residual is pending. */
-function contribNorm({ g, c, weight }: LayerContext): Norm {
+function contribNorm({ g, c, weight, param }: LayerContext): Norm {
   const epsilon = { float: c.rms_norm_eps };
   return (prefix, weightName, x, residual) => {
-    const w = g.initializer(weightName, weight(weightName).data, [c.hidden_size]);
+    const w = param(weightName, weight(weightName).data, [c.hidden_size]);
     if (residual === undefined) {
       const [normed] = g.node('SimplifiedLayerNormalization', [x, w], {
         name: `${prefix}/LayerNorm`,

@@ -33,12 +33,16 @@ import { QUANT_FORMATS } from '../quant/index.js';
 import { lossHead, type Objective } from './losses.js';
 
 export interface TrainingGraphOptions {
-  /** The slots of the adapter being trained (methods/slots-for.ts of its config). */
-  slots: SlotOptions;
+  /** The slots of the adapter being trained (methods/slots-for.ts of its config); false for none. */
+  slots: SlotOptions | false;
   /** The objective, or 'logps' for a scoring graph with no loss and no gradients. */
   objective: Objective | 'logps';
-  /** Which slot inputs get gradients; default LoRA's A and B. */
-  train?: { lora?: boolean; scales?: boolean; prompt?: boolean };
+  /**
+   * Which inputs get gradients: LoRA's A and B (`lora`, the default), IA3's scales, the prompt
+   * embeddings, and any other graph inputs by name (`values`: the weights of a decoder built with
+   * `weights: 'inputs'` for pretraining, the past keys and values for prefix tuning).
+   */
+  train?: { lora?: boolean; scales?: boolean; prompt?: boolean; values?: readonly string[] };
 }
 
 export interface TrainingGraph {
@@ -54,7 +58,10 @@ export const LOSS = 'loss';
 export function buildTrainingGraph(base: ModelProto, options: TrainingGraphOptions): TrainingGraph {
   const dequantized = dequantizeWeights(base, { formats: QUANT_FORMATS, embedding: true }) ?? base;
   const float = toStandardOps(dequantized);
-  const { model: slotted, layout } = addAdapterSlots(float, options.slots);
+  const { model: slotted, layout } =
+    options.slots === false
+      ? { model: float, layout: { groups: [] } as SlotLayout }
+      : addAdapterSlots(float, options.slots);
 
   const g = GraphBuilder.extend(slotted);
   const p = '/loss';
@@ -76,7 +83,7 @@ export function buildTrainingGraph(base: ModelProto, options: TrainingGraphOptio
 
   lossHead(g, options.objective, SEQ_LOGPS);
   g.output(LOSS, 'float32', []);
-  const train = { lora: true, ...options.train };
+  const train = { lora: options.slots !== false, ...options.train };
   const wrt = layout.groups.flatMap((grp) => [
     ...(train.lora ? [grp.a, grp.b] : []),
     ...(train.scales ? [grp.scaleIn, grp.scaleOut].filter((s): s is string => s !== undefined) : []),
@@ -90,7 +97,8 @@ export function buildTrainingGraph(base: ModelProto, options: TrainingGraphOptio
       );
     wrt.push(layout.prompt.input);
   }
-  if (wrt.length === 0) throw new ModelFormatError('model.onnx', 'slots', 'no slot input to train');
+  wrt.push(...(train.values ?? []));
+  if (wrt.length === 0) throw new ModelFormatError('model.onnx', 'train', 'no input to train');
   const model = differentiate(g.build(), { loss: LOSS, wrt });
   return { model, layout, gradients: new Map(wrt.map((w) => [w, `${w}_grad`])) };
 }

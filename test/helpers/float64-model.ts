@@ -17,6 +17,7 @@ import {
   type TensorProto,
   type ValueInfoProto,
 } from '../../src/formats/onnx/index.js';
+import type { LlamaConfig } from '../../src/formats/checkpoint.js';
 
 function widen(t: TensorProto): TensorProto {
   if (t.dataType !== DataType.FLOAT) return t;
@@ -63,10 +64,39 @@ export function toFloat64(
   return withFields(model, {
     graph: withFields(graph, {
       node,
-      initializer: [...graph.initializer.map(widenOrExact), one],
+      initializer: [
+        ...graph.initializer.map(widenOrExact),
+        ...(node.length > graph.node.length ? [one] : []),
+      ],
       input: graph.input.map(widenInfo),
       output: graph.output.map(widenInfo),
       valueInfo: graph.valueInfo.map(widenInfo),
     }),
   });
+}
+
+/**
+ * The decoder's float32-rounded constants in float64, as the reference computes them: the RoPE tables
+ * and the 1/√head_dim query scale (rounded, they differ from the reference by ~6e-8 relative, which
+ * moves these log-probs by ~4e-7 and would hide a small error in a gradient).
+ */
+export function exactDecoderConstants(model: ModelProto, config: LlamaConfig): Map<string, Float64Array> {
+  const hd = config.hidden_size / config.num_attention_heads;
+  const positions = config.max_position_embeddings;
+  const cos = new Float64Array(positions * hd);
+  const sin = new Float64Array(positions * hd);
+  for (let p = 0; p < positions; p++) {
+    for (let k = 0; k < hd / 2; k++) {
+      const angle = p / Math.pow(config.rope_theta, (2 * k) / hd);
+      cos[p * hd + k] = cos[p * hd + hd / 2 + k] = Math.cos(angle);
+      sin[p * hd + k] = -Math.sin(angle);
+      sin[p * hd + hd / 2 + k] = Math.sin(angle);
+    }
+  }
+  const scale = model.graph!.node.find((n) => n.name === '/model/layers.0/self_attn/q_Scale')!.input[1];
+  return new Map([
+    ['/model/rotary_emb/cos', cos],
+    ['/model/rotary_emb/sin_signed', sin],
+    [scale, Float64Array.from([1 / Math.sqrt(hd)])],
+  ]);
 }
