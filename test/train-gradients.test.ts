@@ -24,6 +24,7 @@ import {
   loadAdapter,
   makeIa3Adapter,
   makeLoraAdapter,
+  makePrefixTuningAdapter,
   makePromptTuningAdapter,
 } from './helpers/peft-fixtures.js';
 import type { Checkpoint } from '../src/formats/checkpoint.js';
@@ -138,7 +139,7 @@ interface Case {
   ckpt: Checkpoint;
   adapter: PeftAdapter;
   objective: Objective;
-  train: { lora?: boolean; scales?: boolean; prompt?: boolean };
+  train: { lora?: boolean; scales?: boolean; prompt?: boolean; values?: string[] };
 }
 
 async function gradients(c: Case) {
@@ -150,10 +151,28 @@ async function gradients(c: Case) {
   });
   const feeds = adapterFeeds([{ adapter: c.adapter, weight: 1 }], checkpointBase(c.ckpt));
   const virtual = Array.from({ length: feeds.prompt?.tokens ?? 0 }, (_, k) => c.ckpt.config.vocab_size + k);
-  const batch = makeBatch(rows, virtual);
+  const batch = makeBatch(rows, virtual, feeds.prefix?.tokens ?? 0);
   const ref = referenceSeqLogps(c.ckpt, undefined);
   const x = objectiveInputs(c.objective, ref);
   const slots = slotTensors(ort, graph.layout, feeds);
+  if (feeds.prefix) {
+    // The prefix as every row's past keys and values.
+    const { tokens, keys, values } = feeds.prefix;
+    const shape = [
+      rows.length,
+      c.ckpt.config.num_key_value_heads,
+      tokens,
+      c.ckpt.config.hidden_size / c.ckpt.config.num_attention_heads,
+    ];
+    const tile = (one: Float32Array) =>
+      new ort.Tensor(
+        'float32',
+        Float32Array.from({ length: rows.length * one.length }, (_, i) => one[i % one.length]),
+        shape,
+      );
+    keys.forEach((k, i) => (slots[`past_key_values.${i}.key`] = tile(k)));
+    values.forEach((v, i) => (slots[`past_key_values.${i}.value`] = tile(v)));
+  }
   // float64: the graph rendered in float64, fed the same values.
   const s64 = await session(toFloat64(graph.model, exactDecoderConstants(graph.model, c.ckpt.config)));
   const f64 = Object.fromEntries(
@@ -319,6 +338,18 @@ describe('training-graph gradients vs finite differences of the float64 PEFT ref
       const diff = Math.max(...g.map((v, i) => Math.abs(v - a.grads.get(name)![i])));
       expect(diff / max).toBeLessThan(1e-4);
     }
+  });
+
+  it('prefix-tuning keys and values (sft)', async () => {
+    const prefix = dyadic(loadAdapter(makePrefixTuningAdapter({ numVirtualTokens: 3, seed: 4, scale: 0.5 })));
+    const past = Array.from({ length: ckpt.config.num_hidden_layers }, (_, i) => [
+      `past_key_values.${i}.key`,
+      `past_key_values.${i}.value`,
+    ]).flat();
+    await check(
+      { base, ckpt, adapter: prefix, objective: 'sft', train: { lora: false, values: past } },
+      () => ['prompt_embeddings'],
+    );
   });
 
   it('LoRA on an int4 base: gradients through the quantized linears to their inputs (sft)', async () => {

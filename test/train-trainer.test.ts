@@ -20,7 +20,12 @@ import { trainingExamples, type Examples } from '../src/train/examples.js';
 import { adapterWith, paramsOf } from '../src/train/adapter-params.js';
 import type { FeedbackEvent } from '../src/train/feedback.js';
 import { InvalidInputError } from '../src/errors.js';
-import { loadAdapter, makeIa3Adapter, makePromptTuningAdapter } from './helpers/peft-fixtures.js';
+import {
+  loadAdapter,
+  makeIa3Adapter,
+  makePrefixTuningAdapter,
+  makePromptTuningAdapter,
+} from './helpers/peft-fixtures.js';
 import { maxAbsDiff } from './helpers/numeric.js';
 
 const bytes = (p: string) => new Uint8Array(readFileSync(p));
@@ -103,10 +108,11 @@ describe('Trainer', () => {
     expect(dpo.skipped).toBe(0);
   });
 
-  it('trains IA3 vectors and prompt-tuning embeddings too', async () => {
+  it('trains IA3 vectors, prompt-tuning embeddings and prefix-tuning keys and values too', async () => {
     const ia3 = loadAdapter(makeIa3Adapter({ targets: ['k_proj', 'v_proj', 'down_proj'], scale: 0.1 }));
     const prompt = loadAdapter(makePromptTuningAdapter({ numVirtualTokens: 4, scale: 0.5 }));
-    for (const start of [ia3, prompt]) {
+    const prefix = loadAdapter(makePrefixTuningAdapter({ numVirtualTokens: 4, scale: 0.5 }));
+    for (const start of [ia3, prompt, prefix]) {
       const r = await trainer.train(start, examples, { method: 'sft', steps: 12, batchSize: 4, lr: 2e-2 });
       expect(r.losses[11]).toBeLessThan(0.9 * r.losses[0]);
       expect(r.adapter.config.peft_type).toBe(start.config.peft_type);

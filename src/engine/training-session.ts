@@ -15,6 +15,8 @@ import type { Backend, OrtApi } from './backend.js';
 export interface BatchTensors {
   size: number;
   length: number;
+  /** KV-cache entries fed before the rows (prefix tuning); attention_mask is [size, prefix + length]. */
+  prefix: number;
   inputIds: BigInt64Array;
   attentionMask: BigInt64Array;
   positionIds: BigInt64Array;
@@ -45,16 +47,19 @@ export function trainingFeeds(
   const dims = [batch.size, batch.length];
   const feeds: Record<string, ort.Tensor> = {
     input_ids: new Tensor('int64', batch.inputIds, dims),
-    attention_mask: new Tensor('int64', batch.attentionMask, dims),
+    attention_mask: new Tensor('int64', batch.attentionMask, [batch.size, batch.prefix + batch.length]),
     position_ids: new Tensor('int64', batch.positionIds, dims),
     labels: new Tensor('int64', batch.labels, dims),
     loss_mask: new Tensor('float32', batch.lossMask, dims),
     ...slots,
   };
+  // An empty cache, unless `slots` brings one (a prefix).
   const empty = [batch.size, config.num_key_value_heads, 0, headDim(config)];
   for (let i = 0; i < config.num_hidden_layers; i++) {
-    feeds[`past_key_values.${i}.key`] = new Tensor('float32', new Float32Array(0), empty);
-    feeds[`past_key_values.${i}.value`] = new Tensor('float32', new Float32Array(0), empty);
+    for (const kind of ['key', 'value']) {
+      const name = `past_key_values.${i}.${kind}`;
+      feeds[name] ??= new Tensor('float32', new Float32Array(0), empty);
+    }
   }
   for (const [name, value] of Object.entries(extra)) {
     feeds[name] =

@@ -7,6 +7,8 @@
  *   LoRA     a = lora_Aᵀ, b = s · lora_Bᵀ    ->  ∂L/∂lora_A = (∂L/∂a)ᵀ,   ∂L/∂lora_B = s · (∂L/∂b)ᵀ
  *   IA3      scale_in or scale_out = ia3_l    ->  ∂L/∂ia3_l = ∂L/∂scale
  *   prompt   rows of prompt_embeddings        ->  the first P rows of ∂L/∂prompt_embeddings
+ *   prefix   prompt_embeddings as the past keys / values of every layer (methods/prefix-tuning.ts)
+ *            ->  ∂L/∂past_key_values summed over the batch, put back in prompt_embeddings' columns
  *
  * each read from its module's block of the packed slot inputs (../graph/adapter-slots.ts).
  */
@@ -47,11 +49,11 @@ export function checkTrainable(config: PeftConfig, label = 'adapter'): void {
   const file = `${label}/adapter_config.json`;
   if (config.peft_type === 'LORA' && config.use_dora)
     throw new InvalidInputError(file, 'use_dora', 'training DoRA adapters is not supported yet; train LoRA');
-  if (config.peft_type === 'ADALORA' || config.peft_type === 'PREFIX_TUNING')
+  if (config.peft_type === 'ADALORA')
     throw new InvalidInputError(
       file,
       'peft_type',
-      `training ${config.peft_type} is not supported; train LORA, IA3 or PROMPT_TUNING`,
+      'training ADALORA is not supported; train LORA, IA3, PROMPT_TUNING or PREFIX_TUNING',
     );
 }
 
@@ -107,6 +109,26 @@ export function tensorGradients(
       const g = grad(t.feedforward ? group.scaleIn : group.scaleOut, module);
       out.set(t.tensor, Float64Array.from(g.subarray(k * t.features, (k + 1) * t.features)));
     }
+  } else if (config.peft_type === 'PREFIX_TUNING') {
+    const { rows: p, cols, tokenDim: d, numLayers } = promptLearningDims(config, base);
+    const heads = base.num_key_value_heads;
+    const hd = d / heads;
+    const g = new Float64Array(p * cols);
+    for (let l = 0; l < numLayers; l++) {
+      for (const [k, kind] of [
+        [0, 'key'],
+        [1, 'value'],
+      ] as const) {
+        const past = grad(`past_key_values.${l}.${kind}`, 'prompt_embeddings'); // [batch, heads, p, hd]
+        const batch = past.length / (heads * p * hd);
+        for (let b = 0; b < batch; b++)
+          for (let h = 0; h < heads; h++)
+            for (let t = 0; t < p; t++)
+              for (let j = 0; j < hd; j++)
+                g[t * cols + (2 * l + k) * d + h * hd + j] += past[((b * heads + h) * p + t) * hd + j];
+      }
+    }
+    out.set('prompt_embeddings', g);
   } else if (isPromptLearning(config)) {
     const { rows, cols } = promptLearningDims(config, base);
     if (!layout.prompt) throw new InvalidInputError('training graph', 'prompt_embeddings', 'no prompt slot');

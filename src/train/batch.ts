@@ -5,7 +5,8 @@
  * (it comes after them, and its attention_mask is 0) and never scored.
  *
  * Virtual tokens (prompt tuning, P-tuning) go before every row, as at inference: they are attended
- * to, sit at positions 0..P-1, and are not scored.
+ * to, sit at positions 0..P-1, and are not scored. A prefix (prefix tuning) is P entries of the KV
+ * cache before every row: attended to, and the row's positions start at P.
  */
 import { InvalidInputError } from '../errors.js';
 
@@ -19,8 +20,12 @@ export interface Batch {
   size: number;
   /** Columns, virtual tokens included. */
   length: number;
+  /** Prefix-tuning entries before every row in the KV cache (attended to, not in input_ids). */
+  prefix: number;
+  /** attention_mask, [size, prefix + length]: the prefix and the row's tokens are 1. */
   inputIds: BigInt64Array;
   attentionMask: BigInt64Array;
+  /** Positions start after the prefix: prefix, prefix + 1, ... (as PEFT and transformers give them). */
   positionIds: BigInt64Array;
   /** The next token at each position (0 where not scored). */
   labels: BigInt64Array;
@@ -30,7 +35,11 @@ export interface Batch {
   scored: number[];
 }
 
-export function makeBatch(rows: readonly TrainingRow[], virtualTokens: readonly number[] = []): Batch {
+export function makeBatch(
+  rows: readonly TrainingRow[],
+  virtualTokens: readonly number[] = [],
+  prefix = 0,
+): Batch {
   if (rows.length === 0) throw new InvalidInputError('batch', undefined, 'no rows');
   rows.forEach((r, i) => {
     if (!(r.completionStart >= 1 && r.completionStart < r.tokens.length)) {
@@ -44,11 +53,13 @@ export function makeBatch(rows: readonly TrainingRow[], virtualTokens: readonly 
   const v = virtualTokens.length;
   const length = v + Math.max(...rows.map((r) => r.tokens.length));
   const n = rows.length * length;
+  const total = prefix + length;
   const batch: Batch = {
     size: rows.length,
     length,
+    prefix,
     inputIds: new BigInt64Array(n),
-    attentionMask: new BigInt64Array(n),
+    attentionMask: new BigInt64Array(rows.length * total),
     positionIds: new BigInt64Array(n),
     labels: new BigInt64Array(n),
     lossMask: new Float32Array(n),
@@ -57,11 +68,12 @@ export function makeBatch(rows: readonly TrainingRow[], virtualTokens: readonly 
   rows.forEach((row, b) => {
     const ids = [...virtualTokens, ...row.tokens];
     const base = b * length;
+    for (let i = 0; i < prefix; i++) batch.attentionMask[b * total + i] = 1n;
     for (let i = 0; i < length; i++) {
-      batch.positionIds[base + i] = BigInt(i);
+      batch.positionIds[base + i] = BigInt(prefix + i);
       if (i < ids.length) {
         batch.inputIds[base + i] = BigInt(ids[i]);
-        batch.attentionMask[base + i] = 1n;
+        batch.attentionMask[b * total + prefix + i] = 1n;
       }
       // Position i predicts ids[i + 1]; scored when that is a completion token.
       if (i + 1 < ids.length && i + 1 >= v + row.completionStart) {

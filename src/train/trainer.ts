@@ -14,7 +14,8 @@
  * pairs (each row's prompt with the next row's completion), clamped at 0 and not differentiated.
  */
 import { InvalidInputError } from '../errors.js';
-import type { LlamaConfig } from '../formats/checkpoint.js';
+import { headDim, type LlamaConfig } from '../formats/checkpoint.js';
+import type * as ort from 'onnxruntime-web';
 import type { ModelProto } from '../formats/onnx/onnx_pb.js';
 import type { PeftAdapter } from '../formats/peft-adapter.js';
 import type { Backend } from '../engine/backend.js';
@@ -114,7 +115,16 @@ export class Trainer {
         }
       }
       const type = adapter.config.peft_type;
-      const train = { lora: type === 'LORA', scales: type === 'IA3', prompt: type === 'PROMPT_TUNING' };
+      const past = Array.from({ length: this.config.num_hidden_layers }, (_, i) => [
+        `past_key_values.${i}.key`,
+        `past_key_values.${i}.value`,
+      ]).flat();
+      const train = {
+        lora: type === 'LORA',
+        scales: type === 'IA3',
+        prompt: type === 'PROMPT_TUNING',
+        values: type === 'PREFIX_TUNING' ? past : [],
+      };
       const graph = buildTrainingGraph(this.graph, { slots, objective, train });
       session = await TrainingSession.create(this.backend, graph.model, this.config, graph.gradients);
       entry.layout = graph.layout;
@@ -123,21 +133,40 @@ export class Trainer {
     return { session, layout: entry.layout };
   }
 
-  /** The slot tensors and virtual tokens of `adapter` alone. */
+  /**
+   * The slot tensors, virtual tokens and prefix of `adapter` alone; `slotsFor(rows)` adds the prefix
+   * as the past keys and values of each of `rows` rows.
+   */
   private feeds(adapter: PeftAdapter, layout: SlotLayout) {
     const feeds = adapterFeeds([{ adapter, weight: 1 }], this.base);
     const virtual = Array.from({ length: feeds.prompt?.tokens ?? 0 }, (_, k) => this.config.vocab_size + k);
-    return { slots: slotTensors(this.backend.ort, layout, feeds), virtual };
+    const slots = slotTensors(this.backend.ort, layout, feeds);
+    const prefix = feeds.prefix;
+    const { Tensor } = this.backend.ort;
+    const slotsFor = (rows: number): Record<string, ort.Tensor> => {
+      if (!prefix) return slots;
+      const out = { ...slots };
+      const shape = [rows, this.config.num_key_value_heads, prefix.tokens, headDim(this.config)];
+      const tile = (one: Float32Array) => {
+        const all = new Float32Array(rows * one.length);
+        for (let b = 0; b < rows; b++) all.set(one, b * one.length);
+        return new Tensor('float32', all, shape);
+      };
+      prefix.keys.forEach((k, i) => (out[`past_key_values.${i}.key`] = tile(k)));
+      prefix.values.forEach((v, i) => (out[`past_key_values.${i}.value`] = tile(v)));
+      return out;
+    };
+    return { slotsFor, virtual, prefix: prefix?.tokens ?? 0 };
   }
 
   /** Σ log p of each row's completion under `adapter`, in batches. */
   async logProbs(adapter: PeftAdapter, rows: readonly TrainingRow[], batchSize = 8): Promise<Float64Array> {
     const { session, layout } = await this.session(adapter, 'logps');
-    const { slots, virtual } = this.feeds(adapter, layout);
+    const { slotsFor, virtual, prefix } = this.feeds(adapter, layout);
     const out = new Float64Array(rows.length);
     for (let i = 0; i < rows.length; i += batchSize) {
       const part = rows.slice(i, i + batchSize);
-      const r = await session.run(makeBatch(part, virtual), slots);
+      const r = await session.run(makeBatch(part, virtual, prefix), slotsFor(part.length));
       out.set(r.seqLogps, i);
     }
     return out;
@@ -185,7 +214,7 @@ export class Trainer {
     learningRate(0, schedule); // validates the schedule before any work
 
     const { session, layout } = await this.session(start, method);
-    const { virtual } = this.feeds(start, layout);
+    const { virtual, prefix } = this.feeds(start, layout);
     const rowsOf = (item: TrainingRow | KtoRow | DpoPair): TrainingRow[] =>
       'chosen' in item ? [item.chosen, item.rejected] : [item];
     // The reference: log-probs under the adapter as it was at the start.
@@ -213,7 +242,7 @@ export class Trainer {
         picked.push(order[cursor++]);
       }
       const adapter = adapterWith(start, params);
-      const { slots } = this.feeds(adapter, layout);
+      const { slotsFor } = this.feeds(adapter, layout);
       let rows: TrainingRow[];
       const extra: Record<string, Float32Array | number> = {};
       if (method === 'dpo') {
@@ -240,7 +269,7 @@ export class Trainer {
         const scored = rows.reduce((n, r) => n + r.tokens.length - r.completionStart, 0);
         extra.weights = new Float32Array(rows.length).fill(1 / scored);
       }
-      const out = await session.run(makeBatch(rows, virtual), slots, extra);
+      const out = await session.run(makeBatch(rows, virtual, prefix), slotsFor(rows.length), extra);
       const grads = new Map(
         [...tensorGradients(adapter, layout, out.grads, this.config)].map(([k, g]) => [
           k,
