@@ -2,15 +2,17 @@
  * Builds the demo PWA into a self-contained folder (default demo/out/):
  *
  *   index.html, main.js, worker.js, chunk-*.js   the page and the runtime worker (esbuild)
+ *   manifest.webmanifest, icon*.png, icon.svg    the web app manifest and its icons (PNG drawn here)
  *   ort/                                         onnxruntime-web's wasm files (wasm and WebGPU builds)
- *   model/                                       the default model (models/default-model.ts)
+ *   model/                                       the demo's model (DEMO_MODEL below)
  *   adapters.json, adapters/                     a manifest and the demo adapters (demo/make-adapters.ts)
  *   sw.js, workbox-*.js                          the service worker (workbox generateSW)
  *   _headers                                     COOP/COEP for static hosts that read it
  *
- * The service worker precaches the app shell, the wasm build of onnxruntime-web and the model. It
- * caches the WebGPU build of onnxruntime-web on first use (only WebGPU devices load it). Adapters and
- * adapters.json are not in its caches: the runtime keeps them in IndexedDB (src/adapter-catalog.ts).
+ * The service worker precaches the app shell (icons included), the wasm build of onnxruntime-web and
+ * the model. It caches the WebGPU build of onnxruntime-web on first use (only WebGPU devices load it).
+ * Adapters and adapters.json are not in its caches: the runtime keeps them in IndexedDB
+ * (src/adapter-catalog.ts).
  *
  *   npx tsx demo/build.ts [out-dir] [--version V]
  */
@@ -34,11 +36,18 @@ import { Runtime } from '../src/runtime.js';
 import { writeAdapterBundle } from '../src/store/bundle.js';
 import { modelFingerprint, MANIFEST_VERSION } from '../src/store/manifest.js';
 import { ensureDefaultModel } from '../models/default-model.js';
+import { appIcons } from './icons.js';
 import { demoAdapters } from './make-adapters.js';
 import { ISOLATION_HEADERS } from './server.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 export const DEFAULT_OUT = path.join(ROOT, 'demo', 'out');
+
+/**
+ * The model the demo runs: its name (the manifest's base name, the adapters' base_model_name_or_path)
+ * and where its folder comes from. The demo's adapters are made against it (./make-adapters.ts).
+ */
+export const DEMO_MODEL = { name: 'stories260K', folder: ensureDefaultModel };
 
 /** onnxruntime-web's glue and binaries: the wasm build (every device) and the WebGPU build. */
 const ORT_FILES = {
@@ -51,7 +60,7 @@ export interface BuildOptions {
   out?: string;
   /** Shown on the page; a new value changes index.html and so the service worker. */
   version?: string;
-  /** A model folder (default: the converted default model). */
+  /** A model folder (default: DEMO_MODEL's). */
   model?: string;
 }
 
@@ -82,7 +91,7 @@ async function writeAdapters(out: string, modelDir: string): Promise<void> {
   const base = await modelFingerprint(config);
   const rt = await Runtime.create({ model: modelDir });
   try {
-    const entries = demoAdapters(rt).map(({ id, method, description, format, files }) => {
+    const entries = demoAdapters(rt, DEMO_MODEL.name).map(({ id, method, description, format, files }) => {
       const entry = { id, version: '1', method, base, description, format };
       const config = files.get('adapter_config.json') as Uint8Array;
       const weights = files.get('adapter_model.safetensors') as Uint8Array;
@@ -103,7 +112,7 @@ async function writeAdapters(out: string, modelDir: string): Promise<void> {
     });
     const manifest = {
       version: MANIFEST_VERSION,
-      base: { fingerprint: base, name: 'stories260K' },
+      base: { fingerprint: base, name: DEMO_MODEL.name },
       adapters: entries,
     };
     writeFileSync(path.join(out, 'adapters.json'), `${JSON.stringify(manifest, null, 2)}\n`);
@@ -116,7 +125,7 @@ export async function buildDemo(options: BuildOptions = {}): Promise<BuildResult
   const out = path.resolve(options.out ?? DEFAULT_OUT);
   const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
   const version = options.version ?? pkg.version;
-  const modelDir = options.model ?? (await ensureDefaultModel());
+  const modelDir = options.model ?? (await DEMO_MODEL.folder());
   prepareOut(out);
   cpSync(modelDir, path.join(out, 'model'), { recursive: true });
   const require = createRequire(import.meta.url);
@@ -146,6 +155,7 @@ export async function buildDemo(options: BuildOptions = {}): Promise<BuildResult
   writeFileSync(path.join(out, 'index.html'), html.replaceAll('%VERSION%', version));
   for (const file of ['manifest.webmanifest', 'icon.svg'])
     copyFileSync(path.join(ROOT, 'demo', file), path.join(out, file));
+  for (const [file, png] of appIcons()) writeFileSync(path.join(out, file), png);
   const headers = Object.entries(ISOLATION_HEADERS).map(([name, value]) => `  ${name}: ${value}\n`);
   writeFileSync(path.join(out, '_headers'), `/*\n${headers.join('')}`);
 

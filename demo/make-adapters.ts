@@ -21,14 +21,14 @@ export interface DemoAdapter {
   files: Map<string, Uint8Array>;
 }
 
-/** A LoRA with seeded random weights: it changes the text (it was trained on nothing). */
-function seededLora(rt: Runtime, seed: number) {
+/** A LoRA with seeded random weights, small enough to keep the text readable: it changes the story. */
+function seededLora(rt: Runtime, baseName: string, seed: number) {
   const r = 4;
   const targets = ['q_proj', 'v_proj'];
   const config = parsePeftConfig({
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
-    base_model_name_or_path: 'stories260K',
+    base_model_name_or_path: baseName,
     r,
     lora_alpha: 8,
     target_modules: targets,
@@ -42,7 +42,7 @@ function seededLora(rt: Runtime, seed: number) {
     if (!targets.some((t) => m.module.endsWith(`.${t}`))) continue;
     for (const [name, shape, std] of [
       ['lora_A', [r, m.in], 1 / Math.sqrt(m.in)],
-      ['lora_B', [m.out, r], 0.3],
+      ['lora_B', [m.out, r], 0.05],
     ] as const) {
       const data = new Float32Array(shape[0] * shape[1]);
       fillNormal(data, seed + tensors.length, 0, std);
@@ -52,28 +52,31 @@ function seededLora(rt: Runtime, seed: number) {
   return createPeftAdapter(config, tensors);
 }
 
-export function demoAdapters(rt: Runtime): DemoAdapter[] {
+/** The demo's adapters for the model loaded in `rt` (named `baseName` in their configs). */
+export function demoAdapters(rt: Runtime, baseName: string): DemoAdapter[] {
   return [
     {
       id: 'beach',
       method: 'PROMPT_TUNING',
       description: 'Prompt tuning from the text "Tom and his dog Max went to the beach."',
       format: 'peft-folder',
-      files: serializePeftAdapter(promptTuningFromText(rt, 'Tom and his dog Max went to the beach.')),
+      files: serializePeftAdapter(
+        promptTuningFromText(rt, 'Tom and his dog Max went to the beach.', baseName),
+      ),
     },
     {
       id: 'sun',
       method: 'PROMPT_TUNING',
       description: 'Prompt tuning from the text "The sun was hot. The sea was blue."',
       format: 'peft-folder',
-      files: serializePeftAdapter(promptTuningFromText(rt, 'The sun was hot. The sea was blue.')),
+      files: serializePeftAdapter(promptTuningFromText(rt, 'The sun was hot. The sea was blue.', baseName)),
     },
     {
       id: 'noisy-lora',
       method: 'LORA',
-      description: 'A LoRA with seeded random weights (r 4 on q_proj and v_proj): it changes the text.',
+      description: 'A LoRA with seeded random weights (r 4 on q_proj and v_proj): it changes the story.',
       format: 'zip',
-      files: serializePeftAdapter(seededLora(rt, 11)),
+      files: serializePeftAdapter(seededLora(rt, baseName, 11)),
     },
   ];
 }

@@ -50,6 +50,7 @@ export type { PersonalVersion } from './train/personal-versions.js';
 export type { Judge } from './train/rlaif.js';
 export type { LoraInit } from './train/init-lora.js';
 export type { BackendReport, BrowserBackend } from './engine/backend.js';
+export type { ActiveSpec, AdapterInfo } from './runtime.js';
 export type { Quantization } from './engine/language-model.js';
 export { WEBGPU_VERIFIED_OPS } from './engine/backend.js';
 export * from './errors.js';
