@@ -30,7 +30,8 @@ import { parsePeftConfig } from '../src/formats/peft-config.js';
 import { float32Entry } from '../src/formats/safetensors.js';
 import { matchTargets } from '../src/methods/targets.js';
 import { Trainer, type TrainOptions } from '../src/train/trainer.js';
-import { initLora, uniform } from '../src/train/init-lora.js';
+import { initLora } from '../src/train/init-lora.js';
+import { seededRandom } from '../src/engine/sampling.js';
 import type { TrainingRow } from '../src/train/batch.js';
 import { splitStories } from './pretrain-default.js';
 import { heldOutPerplexity } from './model-card.js';
@@ -129,7 +130,7 @@ function promptAdapter(
   const hd = config.hidden_size / config.num_attention_heads;
   const tokenDim = type === 'PROMPT_TUNING' ? config.hidden_size : config.num_key_value_heads * hd;
   const cols = type === 'PROMPT_TUNING' ? config.hidden_size : config.num_hidden_layers * 2 * tokenDim;
-  const random = uniform(seed);
+  const random = seededRandom(seed);
   const data = new Float32Array(tokens * cols);
   if (type === 'PROMPT_TUNING') {
     // Rows of the embedding table of random vocabulary tokens (PEFT's RANDOM init samples real token embeddings too).

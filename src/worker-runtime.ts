@@ -8,6 +8,7 @@
  */
 import { proxy, releaseProxy, transfer, type Remote } from 'comlink';
 import { toWireError, type WireError } from './wire-errors.js';
+import { yieldToEventLoop } from './event-loop.js';
 import { chooseBackend, type BackendReport, type BrowserBackend } from './engine/backend.js';
 import type { FinishReason, GenerateOptions, GenerationChunk } from './engine/generate.js';
 import type { Completion } from './engine/language-model.js';
@@ -124,18 +125,6 @@ class Relay<T> {
     const release = (this.callback as Partial<Remote<() => void>> | undefined)?.[releaseProxy];
     if (typeof release === 'function') release.call(this.callback);
   }
-}
-
-/** Resolves after the event loop ran pending messages (an abort), unlike a resolved promise. */
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => {
-    const { port1, port2 } = new MessageChannel();
-    port1.onmessage = () => {
-      port1.close();
-      resolve();
-    };
-    port2.postMessage(null);
-  });
 }
 
 /** The op types of the graph as it will run: the model with its adapter slots. */

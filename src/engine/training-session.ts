@@ -11,16 +11,25 @@ import type { ModelProto } from '../formats/onnx/onnx_pb.js';
 import { ModelFormatError } from '../errors.js';
 import type { Backend, OrtApi } from './backend.js';
 
-/** The batch as the training graph takes it (src/train/batch.ts makes it). */
+/**
+ * The batch as the training graph takes it (src/train/batch.ts makes it): rows padded on the right
+ * to `length`, after `prefix` cache entries (prefix tuning).
+ */
 export interface BatchTensors {
   size: number;
+  /** Columns, virtual tokens included. */
   length: number;
-  /** KV-cache entries fed before the rows (prefix tuning); attention_mask is [size, prefix + length]. */
+  /** KV-cache entries before every row (prefix tuning): attended to, not in input_ids. */
   prefix: number;
+  /** [size, length] */
   inputIds: BigInt64Array;
+  /** [size, prefix + length]: 1 on the prefix and the row's tokens, 0 on padding. */
   attentionMask: BigInt64Array;
+  /** [size, length]: prefix, prefix + 1, ... (as PEFT and transformers give them). */
   positionIds: BigInt64Array;
+  /** [size, length]: the next token at each position (0 where not scored). */
   labels: BigInt64Array;
+  /** [size, length]: 1 where the label is a completion token. */
   lossMask: Float32Array;
 }
 

@@ -20,6 +20,7 @@
  * is tried once more; if it fails again, QuotaError names the sizes.
  */
 import { type UseStore, createStore } from 'idb-keyval';
+import { transact } from './idb.js';
 import { IntegrityError, QuotaError } from './errors.js';
 import { isSha256Hex, sha256Hex } from './hash.js';
 
@@ -138,49 +139,6 @@ const total = (metas: readonly StoredAdapter[]) => metas.reduce((n, m) => n + m.
 function deleteEntry(store: IDBObjectStore, id: string): void {
   store.delete(range('data', id));
   store.delete(metaKey(id));
-}
-
-/**
- * Run `body` in one transaction. `guard` wraps request callbacks: an exception in one aborts the
- * transaction. Resolves with `body`'s result getter after the commit; rejects with the exception or
- * the error that aborted the transaction (a QuotaExceededError, ...).
- */
-function transact<T>(
-  use: UseStore,
-  mode: IDBTransactionMode,
-  body: (store: IDBObjectStore, guard: (fn: () => void) => () => void) => () => T,
-): Promise<T> {
-  return use(
-    mode,
-    (store) =>
-      new Promise<T>((resolve, reject) => {
-        const tx = store.transaction;
-        let thrown: { error: unknown } | undefined;
-        const guard = (fn: () => void) => () => {
-          try {
-            fn();
-          } catch (error) {
-            thrown ??= { error };
-            try {
-              tx.abort();
-            } catch {
-              // already finished
-            }
-          }
-        };
-        let result: (() => T) | undefined;
-        tx.oncomplete = () => resolve((result as () => T)());
-        tx.onabort = () =>
-          reject(
-            thrown
-              ? thrown.error
-              : (tx.error ?? new DOMException('The transaction was aborted', 'AbortError')),
-          );
-        guard(() => {
-          result = body(store, guard);
-        })();
-      }),
-  );
 }
 
 export class AdapterStore {

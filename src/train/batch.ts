@@ -9,6 +9,7 @@
  * cache before every row: attended to, and the row's positions start at P.
  */
 import { InvalidInputError } from '../errors.js';
+import type { BatchTensors } from '../engine/training-session.js';
 
 export interface TrainingRow {
   tokens: readonly number[];
@@ -16,21 +17,7 @@ export interface TrainingRow {
   completionStart: number;
 }
 
-export interface Batch {
-  size: number;
-  /** Columns, virtual tokens included. */
-  length: number;
-  /** Prefix-tuning entries before every row in the KV cache (attended to, not in input_ids). */
-  prefix: number;
-  /** attention_mask, [size, prefix + length]: the prefix and the row's tokens are 1. */
-  inputIds: BigInt64Array;
-  attentionMask: BigInt64Array;
-  /** Positions start after the prefix: prefix, prefix + 1, ... (as PEFT and transformers give them). */
-  positionIds: BigInt64Array;
-  /** The next token at each position (0 where not scored). */
-  labels: BigInt64Array;
-  /** 1 where the label is a completion token. */
-  lossMask: Float32Array;
+export interface Batch extends BatchTensors {
   /** Completion tokens scored per row. */
   scored: number[];
 }

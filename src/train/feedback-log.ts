@@ -17,7 +17,7 @@
  * closed tab) neither the entry nor the advanced counter is left behind. No IDBKeyRange is used, so a
  * given IDBFactory (fake-indexeddb in Node) is all the store needs.
  */
-import { createStore, promisifyRequest, type UseStore } from 'idb-keyval';
+import { idbStore, transact } from '../store/idb.js';
 import { isQuotaExceeded } from '../store/adapter-store.js';
 import { QuotaError } from '../store/errors.js';
 import { type FeedbackEvent, parseFeedback } from './feedback.js';
@@ -56,73 +56,6 @@ const ID_DIGITS = 16;
 const formatId = (n: number) => String(n).padStart(ID_DIGITS, '0');
 
 const COUNTER_KEY: IDBValidKey = ['next'];
-
-/**
- * idb-keyval's `createStore`, over a given IDBFactory (idb-keyval's own always opens the global
- * `indexedDB`). Without one, it is idb-keyval's.
- */
-export function idbStore(dbName: string, storeName: string, factory?: IDBFactory): UseStore {
-  if (factory === undefined) return createStore(dbName, storeName);
-  let dbp: Promise<IDBDatabase> | undefined;
-  const getDB = () => {
-    if (dbp) return dbp;
-    const request = factory.open(dbName);
-    request.onupgradeneeded = () => request.result.createObjectStore(storeName);
-    const opened = promisifyRequest(request);
-    dbp = opened;
-    opened.then(
-      (db) => (db.onclose = () => (dbp = undefined)),
-      () => (dbp = undefined),
-    );
-    return opened;
-  };
-  return (mode, callback) =>
-    getDB().then((db) => callback(db.transaction(storeName, mode).objectStore(storeName)));
-}
-
-/**
- * Run `body` in one transaction and resolve, after the commit, with what its returned getter gives.
- * `guard` wraps request callbacks: an exception thrown in one (or in `body`) aborts the transaction, so
- * nothing it wrote stays. Rejects with that exception, or with the error that aborted the transaction
- * (a QuotaExceededError, ...).
- */
-export function transact<T>(
-  use: UseStore,
-  mode: IDBTransactionMode,
-  body: (store: IDBObjectStore, guard: (fn: () => void) => () => void) => () => T,
-): Promise<T> {
-  return use(
-    mode,
-    (store) =>
-      new Promise<T>((resolve, reject) => {
-        const tx = store.transaction;
-        let thrown: { error: unknown } | undefined;
-        const guard = (fn: () => void) => () => {
-          try {
-            fn();
-          } catch (error) {
-            thrown ??= { error };
-            try {
-              tx.abort();
-            } catch {
-              // already finished
-            }
-          }
-        };
-        let result: (() => T) | undefined;
-        tx.oncomplete = () => resolve((result as () => T)());
-        tx.onabort = () =>
-          reject(
-            thrown
-              ? thrown.error
-              : (tx.error ?? new DOMException('The transaction was aborted', 'AbortError')),
-          );
-        guard(() => {
-          result = body(store, guard);
-        })();
-      }),
-  );
-}
 
 /** navigator.storage.estimate(), when the platform has it (browsers; not Node 20). */
 export async function estimate(): Promise<{ quota?: number; usage?: number }> {

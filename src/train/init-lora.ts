@@ -10,6 +10,7 @@ import { createPeftAdapter, type PeftAdapter } from '../formats/peft-adapter.js'
 import { parsePeftConfig, type LoraConfig } from '../formats/peft-config.js';
 import { float32Entry, type SafetensorsEntry } from '../formats/safetensors.js';
 import { linearModules, loraRank, matchTargets } from '../methods/targets.js';
+import { seededRandom } from '../engine/sampling.js';
 
 export interface LoraInit {
   /** Rank (default 8). */
@@ -74,7 +75,7 @@ export function initLora(base: LlamaConfig, o: LoraInit = {}): PeftAdapter {
     use_rslora: false,
   };
   const config = parsePeftConfig(json, 'lora config') as LoraConfig;
-  const random = uniform(o.seed ?? 0);
+  const random = seededRandom(o.seed ?? 0);
   const tensors: [string, SafetensorsEntry][] = [];
   const dims = new Map(linearModules(base).map((m) => [m.module, m]));
   for (const module of matchTargets(config, base, 'lora config')) {
@@ -93,16 +94,4 @@ export function initLora(base: LlamaConfig, o: LoraInit = {}): PeftAdapter {
     tensors.push([`${p}.lora_B.weight`, float32Entry(new Float32Array(m.out * r), [m.out, r])]);
   }
   return createPeftAdapter(config, tensors, { format: 'pt' }, 'personal');
-}
-
-/** mulberry32: a small seeded uniform [0, 1) stream. */
-export function uniform(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

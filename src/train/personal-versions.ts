@@ -23,7 +23,8 @@ import { InvalidInputError } from '../errors.js';
 import { isQuotaExceeded } from '../store/adapter-store.js';
 import { QuotaError } from '../store/errors.js';
 import { get, getMany, update } from 'idb-keyval';
-import { estimate, idbStore, transact } from './feedback-log.js';
+import { idbStore, transact } from '../store/idb.js';
+import { estimate } from './feedback-log.js';
 
 export interface PersonalVersion {
   /** 1, 2, 3, ...: never reused, even after a rollback. */

@@ -21,7 +21,7 @@ import type { Backend } from '../engine/backend.js';
 import { TrainingSession } from '../engine/training-session.js';
 import { buildLlamaDecoder, weightInputs } from '../graph/llama.js';
 import { makeBatch, type TrainingRow } from './batch.js';
-import { uniform } from './init-lora.js';
+import { seededRandom } from '../engine/sampling.js';
 import { AdamW, allFinite, clipGradNorm } from './optimizer.js';
 import { learningRate } from './schedule.js';
 import { buildTrainingGraph } from './training-graph.js';
@@ -127,7 +127,7 @@ export async function pretrain(o: PretrainOptions): Promise<PretrainResult> {
     totalSteps: steps,
     minLrRatio: o.minLrRatio ?? 0.1,
   };
-  const random = uniform(o.seed ?? 0);
+  const random = seededRandom(o.seed ?? 0);
   const window = (stream: ArrayLike<number>, at: number): TrainingRow => ({
     tokens: Array.from({ length: seqLength + 1 }, (_, i) => stream[at + i]),
     completionStart: 1,

@@ -28,7 +28,8 @@ import type { SlotLayout } from '../graph/adapter-slots.js';
 import { adapterWith, checkTrainable, paramsOf, tensorGradients, type Params } from './adapter-params.js';
 import { makeBatch, type TrainingRow } from './batch.js';
 import type { DpoPair, Examples, KtoRow } from './examples.js';
-import { uniform } from './init-lora.js';
+import { seededRandom } from '../engine/sampling.js';
+import { yieldToEventLoop } from '../event-loop.js';
 import type { Objective } from './losses.js';
 import { AdamW, allFinite, clipGradNorm } from './optimizer.js';
 import { learningRate, type ScheduleName } from './schedule.js';
@@ -224,7 +225,7 @@ export class Trainer {
 
     const params: Params = paramsOf(start);
     const optimizer = new AdamW(params, { lr, weightDecay: options.weightDecay ?? 0 });
-    const order = shuffled(items.length, uniform(options.seed ?? 0));
+    const order = shuffled(items.length, seededRandom(options.seed ?? 0));
     let cursor = 0;
     const losses: number[] = [];
     let skipped = 0;
@@ -236,7 +237,11 @@ export class Trainer {
       const picked: number[] = [];
       while (picked.length < batchSize) {
         if (cursor === order.length) {
-          order.splice(0, order.length, ...shuffled(items.length, uniform((options.seed ?? 0) + step + 1)));
+          order.splice(
+            0,
+            order.length,
+            ...shuffled(items.length, seededRandom((options.seed ?? 0) + step + 1)),
+          );
           cursor = 0;
         }
         picked.push(order[cursor++]);
@@ -312,19 +317,6 @@ export class Trainer {
     for (const entry of this.cache.values()) for (const s of entry.sessions.values()) await s.release();
     this.cache.clear();
   }
-}
-
-/** Resolves after the event loop has run what is pending (a MessageChannel round trip: no timer clamping). */
-function yieldToEventLoop(): Promise<void> {
-  if (typeof MessageChannel === 'undefined') return new Promise((resolve) => setTimeout(resolve, 0));
-  return new Promise((resolve) => {
-    const { port1, port2 } = new MessageChannel();
-    port1.onmessage = () => {
-      port1.close();
-      resolve();
-    };
-    port2.postMessage(null);
-  });
 }
 
 function shuffled(n: number, random: () => number): number[] {
