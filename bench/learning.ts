@@ -4,7 +4,7 @@
  * About 3 minutes on 2 cores with the default 200 samples per row.
  */
 import { parseArgs } from 'node:util';
-import { ensureDefaultModel } from '../models/default-model.js';
+import { ensureStories260K } from '../models/default-model.js';
 import { learningExperiment, EVENTS, RECIPES } from './lib/learning-experiment.js';
 import { fixture } from './lib/models.js';
 import { machineLine, progress } from './lib/report.js';
@@ -12,7 +12,7 @@ import type { TrainMethod } from '../src/personal-adapter.js';
 
 export async function runLearning(o: { samples: number; methods: readonly TrainMethod[] }): Promise<void> {
   const results = await learningExperiment({
-    model: await ensureDefaultModel(),
+    model: await ensureStories260K(),
     corpus: fixture('corpora/tinystories-197KB.txt'),
     methods: o.methods,
     samples: o.samples,

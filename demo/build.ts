@@ -32,10 +32,9 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { build } from 'esbuild';
 import { generateSW } from 'workbox-build';
-import { Runtime } from '../src/runtime.js';
 import { writeAdapterBundle } from '../src/store/bundle.js';
 import { modelFingerprint, MANIFEST_VERSION } from '../src/store/manifest.js';
-import { ensureDefaultModel } from '../models/default-model.js';
+import { DEFAULT_MODEL_DIR } from '../models/default-model.js';
 import { appIcons } from './icons.js';
 import { demoAdapters } from './make-adapters.js';
 import { ISOLATION_HEADERS } from './server.js';
@@ -47,7 +46,7 @@ export const DEFAULT_OUT = path.join(ROOT, 'demo', 'out');
  * The model the demo runs: its name (the manifest's base name, the adapters' base_model_name_or_path)
  * and where its folder comes from. The demo's adapters are made against it (./make-adapters.ts).
  */
-export const DEMO_MODEL = { name: 'stories260K', folder: ensureDefaultModel };
+export const DEMO_MODEL = { name: 'edge-adapters/default', folder: async () => DEFAULT_MODEL_DIR };
 
 /** onnxruntime-web's glue and binaries: the wasm build (every device) and the WebGPU build. */
 const ORT_FILES = {
@@ -89,36 +88,31 @@ const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest(
 async function writeAdapters(out: string, modelDir: string): Promise<void> {
   const config = JSON.parse(readFileSync(path.join(modelDir, 'config.json'), 'utf8')) as object;
   const base = await modelFingerprint(config);
-  const rt = await Runtime.create({ model: modelDir });
-  try {
-    const entries = demoAdapters(rt, DEMO_MODEL.name).map(({ id, method, description, format, files }) => {
-      const entry = { id, version: '1', method, base, description, format };
-      const config = files.get('adapter_config.json') as Uint8Array;
-      const weights = files.get('adapter_model.safetensors') as Uint8Array;
-      if (format === 'zip') {
-        const zip = writeAdapterBundle(files);
-        writeFileSync(path.join(out, 'adapters', `${id}.zip`), zip);
-        return { ...entry, url: `adapters/${id}.zip`, sha256: sha256(zip), bytes: zip.length };
-      }
-      mkdirSync(path.join(out, 'adapters', id));
-      for (const [name, bytes] of files) writeFileSync(path.join(out, 'adapters', id, name), bytes);
-      return {
-        ...entry,
-        url: `adapters/${id}/`,
-        sha256: sha256(weights),
-        bytes: weights.length,
-        config_sha256: sha256(config),
-      };
-    });
-    const manifest = {
-      version: MANIFEST_VERSION,
-      base: { fingerprint: base, name: DEMO_MODEL.name },
-      adapters: entries,
+  const entries = demoAdapters().map(({ id, method, description, format, files }) => {
+    const entry = { id, version: '1', method, base, description, format };
+    const config = files.get('adapter_config.json') as Uint8Array;
+    const weights = files.get('adapter_model.safetensors') as Uint8Array;
+    if (format === 'zip') {
+      const zip = writeAdapterBundle(files);
+      writeFileSync(path.join(out, 'adapters', `${id}.zip`), zip);
+      return { ...entry, url: `adapters/${id}.zip`, sha256: sha256(zip), bytes: zip.length };
+    }
+    mkdirSync(path.join(out, 'adapters', id));
+    for (const [name, bytes] of files) writeFileSync(path.join(out, 'adapters', id, name), bytes);
+    return {
+      ...entry,
+      url: `adapters/${id}/`,
+      sha256: sha256(weights),
+      bytes: weights.length,
+      config_sha256: sha256(config),
     };
-    writeFileSync(path.join(out, 'adapters.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-  } finally {
-    await rt.release();
-  }
+  });
+  const manifest = {
+    version: MANIFEST_VERSION,
+    base: { fingerprint: base, name: DEMO_MODEL.name },
+    adapters: entries,
+  };
+  writeFileSync(path.join(out, 'adapters.json'), `${JSON.stringify(manifest, null, 2)}\n`);
 }
 
 export async function buildDemo(options: BuildOptions = {}): Promise<BuildResult> {

@@ -1,16 +1,14 @@
 /**
- * The demo's adapters, made at build time as real Hugging Face PEFT files against the default model:
- * two prompt-tuning adapters initialized from a text (PEFT's `prompt_tuning_init="TEXT"`), served as
- * PEFT folders, and one seeded LoRA (r 4 on q_proj and v_proj), served as a zip bundle.
+ * The demo's adapters: the task adapters the project trained on its default model
+ * (models/default-adapters/, made by models/train-task-adapters.ts), one per method family — real
+ * Hugging Face PEFT folders. The Shakespeare LoRA is served as a zip bundle, the others as folders.
  */
-import type { Runtime } from '../src/runtime.js';
-import { createPeftAdapter, serializePeftAdapter } from '../src/formats/peft-adapter.js';
-import { parsePeftConfig } from '../src/formats/peft-config.js';
-import { float32Entry, type SafetensorsEntry } from '../src/formats/safetensors.js';
-import { fillNormal } from '../src/formats/synth.js';
-import { linearModules } from '../src/methods/targets.js';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { BundleFormat } from '../src/store/manifest.js';
-import { promptTuningFromText } from '../models/prompt-adapter.js';
+
+export const ADAPTERS_DIR = fileURLToPath(new URL('../models/default-adapters/', import.meta.url));
 
 export interface DemoAdapter {
   id: string;
@@ -21,62 +19,30 @@ export interface DemoAdapter {
   files: Map<string, Uint8Array>;
 }
 
-/** A LoRA with seeded random weights, small enough to keep the text readable: it changes the story. */
-function seededLora(rt: Runtime, baseName: string, seed: number) {
-  const r = 4;
-  const targets = ['q_proj', 'v_proj'];
-  const config = parsePeftConfig({
-    peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
-    base_model_name_or_path: baseName,
-    r,
-    lora_alpha: 8,
-    target_modules: targets,
-    lora_dropout: 0,
-    bias: 'none',
-    fan_in_fan_out: false,
-    inference_mode: true,
-  });
-  const tensors: [string, SafetensorsEntry][] = [];
-  for (const m of linearModules(rt.model.config)) {
-    if (!targets.some((t) => m.module.endsWith(`.${t}`))) continue;
-    for (const [name, shape, std] of [
-      ['lora_A', [r, m.in], 1 / Math.sqrt(m.in)],
-      ['lora_B', [m.out, r], 0.05],
-    ] as const) {
-      const data = new Float32Array(shape[0] * shape[1]);
-      fillNormal(data, seed + tensors.length, 0, std);
-      tensors.push([`base_model.model.${m.module}.${name}.weight`, float32Entry(data, [...shape])]);
-    }
-  }
-  return createPeftAdapter(config, tensors);
+interface IndexEntry {
+  id: string;
+  method: string;
+  description: string;
+  effect: { measure: string; base: number; adapter: number };
 }
 
-/** The demo's adapters for the model loaded in `rt` (named `baseName` in their configs). */
-export function demoAdapters(rt: Runtime, baseName: string): DemoAdapter[] {
-  return [
-    {
-      id: 'beach',
-      method: 'PROMPT_TUNING',
-      description: 'Prompt tuning from the text "Tom and his dog Max went to the beach."',
-      format: 'peft-folder',
-      files: serializePeftAdapter(
-        promptTuningFromText(rt, 'Tom and his dog Max went to the beach.', baseName),
-      ),
-    },
-    {
-      id: 'sun',
-      method: 'PROMPT_TUNING',
-      description: 'Prompt tuning from the text "The sun was hot. The sea was blue."',
-      format: 'peft-folder',
-      files: serializePeftAdapter(promptTuningFromText(rt, 'The sun was hot. The sea was blue.', baseName)),
-    },
-    {
-      id: 'noisy-lora',
-      method: 'LORA',
-      description: 'A LoRA with seeded random weights (r 4 on q_proj and v_proj): it changes the story.',
-      format: 'zip',
-      files: serializePeftAdapter(seededLora(rt, baseName, 11)),
-    },
-  ];
+const ZIPPED = new Set(['shakespeare']);
+
+/** The trained task adapters, in models/default-adapters/index.json's order. */
+export function demoAdapters(dir = ADAPTERS_DIR): DemoAdapter[] {
+  const index = JSON.parse(readFileSync(path.join(dir, 'index.json'), 'utf8')) as IndexEntry[];
+  return index.map(({ id, method, description, effect }) => ({
+    id,
+    method,
+    description: `${description} (${effect.measure}: ${fmt(effect.base)} → ${fmt(effect.adapter)})`,
+    format: ZIPPED.has(id) ? 'zip' : 'peft-folder',
+    files: new Map(
+      ['adapter_config.json', 'adapter_model.safetensors'].map((f) => [
+        f,
+        new Uint8Array(readFileSync(path.join(dir, id, f))),
+      ]),
+    ),
+  }));
 }
+
+const fmt = (x: number) => (x < 1 ? `${(100 * x).toFixed(0)}%` : x.toFixed(1));

@@ -1,31 +1,30 @@
 /**
- * `npm run demo`: the runtime on the default model, in the terminal — streamed generation, then the
- * same prompt with a PEFT prompt-tuning adapter hot-swapped in and out of the one session.
+ * `npm run demo`: the runtime on the default model in the terminal — a streamed story from the base,
+ * then the same prompt with each of the project's task adapters hot-swapped into the one session
+ * (models/default-adapters: LoRA, IA3, prompt tuning, prefix tuning), then the base again.
  *
- * The adapter is made the way PEFT's `prompt_tuning_init="TEXT"` initializes one: its virtual tokens
- * are the embeddings of a text, so it steers every story toward that text.
+ *   npm run demo -- "once upon a time, there was"
  */
+import path from 'node:path';
 import { Runtime } from '../src/runtime.js';
-import { ensureDefaultModel } from './default-model.js';
-import { promptTuningFromText } from './prompt-adapter.js';
+import { DEFAULT_MODEL_DIR } from './default-model.js';
+import { ADAPTERS_DIR, demoAdapters } from '../demo/make-adapters.js';
 
-const prompt = process.argv[2] ?? 'One day, they';
-const steer = process.argv[3] ?? 'Tom and his dog Max went to the beach.';
-const dir = await ensureDefaultModel();
-const rt = await Runtime.create({ model: dir });
-const show = async (label: string, input: string | number[] = prompt) => {
+const prompt = process.argv[2] ?? 'once upon a time';
+const rt = await Runtime.create({ model: DEFAULT_MODEL_DIR });
+const show = async (label: string) => {
   process.stdout.write(`\n[${label}] ${prompt}`);
-  for await (const chunk of rt.generate(input, { maxTokens: 60 })) process.stdout.write(chunk.text);
+  for await (const chunk of rt.generate(prompt, { maxTokens: 80, temperature: 0.8, topP: 0.95, seed: 1 }))
+    process.stdout.write(chunk.text);
   process.stdout.write('\n');
 };
 
 await show('base model');
-
-// The virtual tokens open the story (BOS + the text); the prompt then continues it, without a BOS of
-// its own (BOS starts a new story for this model).
-await rt.adapters.add('steer', promptTuningFromText(rt, steer));
-await rt.adapters.activate('steer');
-await show(`prompt-tuning adapter "${steer}"`, rt.model.tokenizer.encode(` ${prompt}`));
+for (const { id, method } of demoAdapters()) {
+  await rt.adapters.add(id, path.join(ADAPTERS_DIR, id));
+  await rt.adapters.activate(id);
+  await show(`${method} adapter "${id}"`);
+}
 rt.adapters.deactivate();
 await show('base model again');
 await rt.release();

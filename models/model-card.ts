@@ -80,10 +80,16 @@ export function lossSvg(log: readonly PretrainProgress[]): string {
   const y = (loss: number) => H - pad - ((H - 2 * pad) * (Math.min(loss, hi) - lo)) / (hi - lo);
   const line = smooth.map((l, i) => `${i ? 'L' : 'M'}${x(i + 1).toFixed(1)},${y(l).toFixed(1)}`).join('');
   const dots = evals
-    .map((p) => `<circle cx="${x(p.step).toFixed(1)}" cy="${y(p.evalLoss as number).toFixed(1)}" r="3" fill="#d62728"/>`)
+    .map(
+      (p) =>
+        `<circle cx="${x(p.step).toFixed(1)}" cy="${y(p.evalLoss as number).toFixed(1)}" r="3" fill="#d62728"/>`,
+    )
     .join('');
   const ticks = Array.from({ length: Math.round((hi - lo) * 2) + 1 }, (_, k) => lo + k / 2)
-    .map((v) => `<text x="${pad - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(1)}</text><line x1="${pad}" x2="${W - pad}" y1="${y(v)}" y2="${y(v)}" stroke="#eee"/>`)
+    .map(
+      (v) =>
+        `<text x="${pad - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(1)}</text><line x1="${pad}" x2="${W - pad}" y1="${y(v)}" y2="${y(v)}" stroke="#eee"/>`,
+    )
     .join('');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="white"/>${ticks}
@@ -105,12 +111,18 @@ export async function writeModelCard(c: CardInput): Promise<void> {
   for (const [name, dir] of variants) {
     const rt = await Runtime.create({ model: dir, slots: false });
     const h = await heldOutPerplexity(rt, c.evalStories);
-    rows.push(`| ${name} | ${size(dir).toLocaleString('en-US')} | ${h.perplexity.toFixed(3)} | ${h.bitsPerByte.toFixed(4)} |`);
+    rows.push(
+      `| ${name} | ${size(dir).toLocaleString('en-US')} | ${h.perplexity.toFixed(3)} | ${h.bitsPerByte.toFixed(4)} |`,
+    );
     await rt.release();
   }
-  const stories260K = parseLlama2cCheckpoint(new Uint8Array(readFileSync(path.join(c.fixturesRoot, 'llama2c/stories260K.bin'))));
+  const stories260K = parseLlama2cCheckpoint(
+    new Uint8Array(readFileSync(path.join(c.fixturesRoot, 'llama2c/stories260K.bin'))),
+  );
   const tokenizerBin = new Uint8Array(readFileSync(path.join(c.fixturesRoot, 'llama2c/tok512.bin')));
-  const theirFolder = checkpointToModelFolder(stories260K, { tokenizerFiles: new Map([['tokenizer.bin', tokenizerBin]]) });
+  const theirFolder = checkpointToModelFolder(stories260K, {
+    tokenizerFiles: new Map([['tokenizer.bin', tokenizerBin]]),
+  });
   const other = await Runtime.create({ model: memorySource(theirFolder, 'stories260K'), slots: false });
   const theirs = await heldOutPerplexity(other, c.evalStories);
   await other.release();

@@ -73,14 +73,17 @@ async function run(): Promise<void> {
     },
   });
   const quick = values.quick ?? false;
-  const out = path.resolve(values.out ?? path.join(ROOT, quick ? 'models/out/default-quick' : 'models/default'));
+  const out = path.resolve(
+    values.out ?? path.join(ROOT, quick ? 'models/out/default-quick' : 'models/default'),
+  );
   const steps = Number(values.steps ?? (quick ? 20 : 4000));
   const batchSize = Number(values.batch ?? 8);
   const seqLength = Number(values.seq ?? 256);
   const lr = Number(values.lr ?? 2e-3);
   const seed = Number(values.seed ?? 0);
   const t0 = performance.now();
-  const log = (line: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(0)}s] ${line}\n`);
+  const log = (line: string) =>
+    process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(0)}s] ${line}\n`);
 
   const stories = splitStories(readFileSync(CORPUS, 'utf8'));
   const heldOut = Math.ceil(stories.length * 0.05);
@@ -94,12 +97,15 @@ async function run(): Promise<void> {
   const tokenizer = HfTokenizer.fromJson(trained.tokenizerJson, trained.tokenizerConfig);
   const stream = (list: string[]) => {
     const ids: number[] = [];
-    for (const s of list) ids.push(tokenizer.bosId as number, ...tokenizer.encode(s), tokenizer.eosId as number);
+    for (const s of list)
+      ids.push(tokenizer.bosId as number, ...tokenizer.encode(s), tokenizer.eosId as number);
     return Int32Array.from(ids);
   };
   const trainTokens = stream(train);
   const evalTokens = stream(evalStories);
-  log(`tokenizer: ${tokenizerSeconds.toFixed(1)} s; ${trainTokens.length} training tokens, ${evalTokens.length} held out`);
+  log(
+    `tokenizer: ${tokenizerSeconds.toFixed(1)} s; ${trainTokens.length} training tokens, ${evalTokens.length} held out`,
+  );
 
   const backendName = (values.backend ?? 'node') as BackendName;
   const threads = Number(values.threads ?? 2);
@@ -121,7 +127,9 @@ async function run(): Promise<void> {
     onProgress: (p) => {
       progress.push(p);
       if (p.step % 50 === 0 || p.evalLoss !== undefined || p.step === 1)
-        log(`step ${p.step}/${p.steps} loss ${p.loss.toFixed(4)}${p.evalLoss === undefined ? '' : ` held-out ${p.evalLoss.toFixed(4)}`} lr ${p.lr.toExponential(2)} ${Math.round(p.tokensPerSecond)} tok/s`);
+        log(
+          `step ${p.step}/${p.steps} loss ${p.loss.toFixed(4)}${p.evalLoss === undefined ? '' : ` held-out ${p.evalLoss.toFixed(4)}`} lr ${p.lr.toExponential(2)} ${Math.round(p.tokensPerSecond)} tok/s`,
+        );
     },
   });
   log(`pretrained in ${result.seconds.toFixed(0)} s`);

@@ -172,6 +172,29 @@ it('the HF tokenizer.json written for a llama2c model loads when tokenizer.bin i
   await model.release();
 });
 
+it('an unreachable tokenizer.bin (offline, not in the folder) falls back to tokenizer.json; without one it is the error', async () => {
+  const files = checkpointToModelFolder(ckpt, {
+    tokenizerFiles: new Map([
+      ['tokenizer.json', new TextEncoder().encode(JSON.stringify(llama2cTokenizerToHfJson(tokenizer)))],
+    ]),
+  });
+  const offline = (f: Map<string, Uint8Array>) => {
+    const inner = memorySource(f, 'offline');
+    return {
+      label: 'offline',
+      read: (name: string) =>
+        name === 'tokenizer.bin'
+          ? Promise.reject(new Error('network error: Failed to fetch'))
+          : inner.read(name),
+    };
+  };
+  const model = await loadModel(offline(files));
+  expect(model.encode('Once upon a time')).toEqual([1, 403, 407, 261, 378]);
+  await model.release();
+  files.delete('tokenizer.json');
+  await expect(loadModel(offline(files))).rejects.toThrow(/network error: Failed to fetch/);
+});
+
 describe('backends and stopping', () => {
   it('the onnxruntime-node backend gives the same logits as the reference', async () => {
     const model = await loadModel(folder(ckpt, 'standard'), { backend: 'node', threads: 1 });

@@ -8,12 +8,12 @@
 import { describe, expect, it } from 'vitest';
 import { fixture } from './fixtures.js';
 import { learningExperiment, type MethodResult } from '../bench/lib/learning-experiment.js';
-import { ensureDefaultModel } from '../models/default-model.js';
+import { ensureStories260K } from '../models/default-model.js';
 
 describe('learning from feedback on stories260K', () => {
   it('SFT, KTO, DPO and RLAIF each raise the preferred behaviour 3x at most +10% perplexity', async () => {
     const results = await learningExperiment({
-      model: await ensureDefaultModel(),
+      model: await ensureStories260K(),
       corpus: fixture('corpora/tinystories-197KB.txt'),
       methods: ['sft', 'kto', 'dpo', 'rlaif'],
       samples: 100,

@@ -83,9 +83,20 @@ export async function readModelFolder(source: FileSource): Promise<ModelFolder> 
 }
 
 async function readTokenizer(source: FileSource, config: LlamaConfig): Promise<Tokenizer> {
-  const bin = await source.read('tokenizer.bin');
+  // tokenizer.bin first; a folder without one may also be unreachable for it (an offline page whose
+  // service worker holds only the folder's own files): then tokenizer.json decides.
+  let bin: Uint8Array | undefined;
+  let unreachable: unknown;
+  try {
+    bin = await source.read('tokenizer.bin');
+  } catch (e) {
+    unreachable = e;
+  }
   if (bin) return Llama2cTokenizer.parse(bin, config.vocab_size, `${source.label}/tokenizer.bin`);
-  const json = await readJson(source, 'tokenizer.json');
+  const json = await readJson(source, 'tokenizer.json').catch((e: unknown) => {
+    throw unreachable ?? e;
+  });
+  if (json === undefined && unreachable !== undefined) throw unreachable;
   if (json !== undefined) {
     const tokenizerConfig = await readJson(source, 'tokenizer_config.json');
     return HfTokenizer.fromJson(

@@ -26,7 +26,7 @@ import { readAdapterBundle } from '../../src/store/bundle.js';
 import type { FeedbackEvent } from '../../src/train/feedback.js';
 import { launchBrowser, ROOT, type Browser } from './harness.js';
 
-const PROMPT = 'Once upon a time';
+const PROMPT = 'once upon a time';
 const TOKENS = 40;
 const SHOTS = process.env.UPDATE_SCREENSHOTS
   ? path.join(ROOT, 'docs', 'screenshots')
@@ -53,10 +53,10 @@ beforeAll(async () => {
   page = browser.page;
   await page.setViewportSize({ width: 1200, height: 800 });
   node = await Runtime.create({ model: path.join(out, 'model') });
-  await node.adapters.add('beach', path.join(out, 'adapters/beach'));
+  await node.adapters.add('dog-stories', path.join(out, 'adapters/dog-stories'));
   await node.adapters.add(
-    'noisy-lora',
-    readAdapterBundle(readFileSync(path.join(out, 'adapters/noisy-lora.zip')), 'noisy-lora'),
+    'shakespeare',
+    readAdapterBundle(readFileSync(path.join(out, 'adapters/shakespeare.zip')), 'shakespeare'),
   );
   const manifest = JSON.parse(readFileSync(path.join(out, 'adapters.json'), 'utf8')) as {
     adapters: { id: string; bytes: number }[];
@@ -199,7 +199,13 @@ describe('the demo PWA, end to end', () => {
     expect((await page.getAttribute('#backend', 'title'))?.length).toBeGreaterThan(0);
     expect(await page.getAttribute('#network', 'data-state')).toBe('online');
     await page.waitForSelector('#sw[data-state=ready]');
-    expect(await rowStates()).toEqual({ beach: 'remote', sun: 'remote', 'noisy-lora': 'remote' });
+    expect(await rowStates()).toEqual({
+      shakespeare: 'remote',
+      'happy-ending': 'remote',
+      'short-answer': 'remote',
+      'dog-stories': 'remote',
+      seaside: 'remote',
+    });
     expect(await page.getAttribute('#feedback-count', 'data-count')).toBe('0');
     expect(await page.$$('#versions li')).toEqual([]);
 
@@ -260,49 +266,55 @@ describe('the demo PWA, end to end', () => {
     expect(Number(await page.getAttribute('#speed', 'data-tokens-per-second'))).toBeGreaterThan(0);
 
     // Download (no activation): progress up to the manifest's size, then cached in IndexedDB.
-    const seen = await progressDuring('noisy-lora', async () => {
-      await page.click(`${row('noisy-lora')} button.install`);
-      await page.waitForSelector(`${row('noisy-lora')}[data-added=true]`);
+    const seen = await progressDuring('shakespeare', async () => {
+      await page.click(`${row('shakespeare')} button.install`);
+      await page.waitForSelector(`${row('shakespeare')}[data-added=true]`);
     });
     // progress events while the download ran (the row not yet added), rising to the manifest's size
     const during = seen.filter((p) => !p.added).map((p) => p.value);
     expect(during.length).toBeGreaterThan(0);
-    expect(during.at(-1)).toBe(manifestBytes['noisy-lora']);
+    expect(during.at(-1)).toBe(manifestBytes['shakespeare']);
     expect(during).toEqual([...during].sort((a, b) => a - b));
-    expect(seen.at(-1)?.value).toBe(manifestBytes['noisy-lora']);
-    expect(await rowInfo('noisy-lora')).toMatchObject({
+    expect(seen.at(-1)?.value).toBe(manifestBytes['shakespeare']);
+    expect(await rowInfo('shakespeare')).toMatchObject({
       state: 'cached',
       cache: 'cached',
       added: 'true',
       from: 'network',
       label: 'added',
-      progress: manifestBytes['noisy-lora'],
+      progress: manifestBytes['shakespeare'],
       error: '',
     });
-    expect((await workerCatalog()).find((e) => e.id === 'noisy-lora')).toMatchObject({
+    expect((await workerCatalog()).find((e) => e.id === 'shakespeare')).toMatchObject({
       cached: true,
       added: true,
       active: false,
     });
 
-    await page.click(`${row('noisy-lora')} button.use`);
-    await page.waitForSelector(`${row('noisy-lora')}[data-state=active]`);
-    expect(await workerActive()).toEqual([{ id: 'noisy-lora' }]);
+    await page.click(`${row('shakespeare')} button.use`);
+    await page.waitForSelector(`${row('shakespeare')}[data-state=active]`);
+    expect(await workerActive()).toEqual([{ id: 'shakespeare' }]);
     const lora = await ask();
-    expect(lora.text).toBe(await nodeText([{ id: 'noisy-lora' }]));
+    expect(lora.text).toBe(await nodeText([{ id: 'shakespeare' }]));
     expect(lora.text).not.toBe(base.text);
-    texts.set('noisy-lora', lora.text);
+    texts.set('shakespeare', lora.text);
 
     // "Use" on an adapter not downloaded yet: downloaded, cached, active; the other one stays added.
-    await page.click(`${row('beach')} button.use`);
-    await page.waitForSelector(`${row('beach')}[data-state=active]`);
-    expect(await rowStates()).toEqual({ beach: 'active', sun: 'remote', 'noisy-lora': 'cached' });
-    expect(await rowInfo('beach')).toMatchObject({ cache: 'cached', from: 'network', label: 'active' });
-    const beach = await ask();
-    expect(beach.text).toBe(await nodeText([{ id: 'beach' }]));
-    expect(beach.text).not.toBe(base.text);
-    expect(beach.text).not.toBe(lora.text);
-    texts.set('beach', beach.text);
+    await page.click(`${row('dog-stories')} button.use`);
+    await page.waitForSelector(`${row('dog-stories')}[data-state=active]`);
+    expect(await rowStates()).toEqual({
+      shakespeare: 'cached',
+      'happy-ending': 'remote',
+      'short-answer': 'remote',
+      'dog-stories': 'active',
+      seaside: 'remote',
+    });
+    expect(await rowInfo('dog-stories')).toMatchObject({ cache: 'cached', from: 'network', label: 'active' });
+    const dogs = await ask();
+    expect(dogs.text).toBe(await nodeText([{ id: 'dog-stories' }]));
+    expect(dogs.text).not.toBe(base.text);
+    expect(dogs.text).not.toBe(lora.text);
+    texts.set('dog-stories', dogs.text);
 
     // Stop, clicked as the first token shows: the worker stops between tokens; what came is the start
     // of the full greedy reply.
@@ -324,7 +336,7 @@ describe('the demo PWA, end to end', () => {
     await page.waitForSelector('#output[data-state=done]');
     expect(await page.getAttribute('#output', 'data-finish')).toBe('aborted');
     const partial = (await page.textContent('#output')) ?? '';
-    const full = await nodeText([{ id: 'beach' }], 400);
+    const full = await nodeText([{ id: 'dog-stories' }], 400);
     expect(partial.length).toBeGreaterThan(0);
     expect(partial.length).toBeLessThan(full.length);
     expect(full.startsWith(partial)).toBe(true);
@@ -334,7 +346,7 @@ describe('the demo PWA, end to end', () => {
   });
 
   it('learning: a thumbs-up and an edit are logged; "Train now" plots the loss and makes v1, as Node trains it', async () => {
-    // thumbs up on the beach reply (the third turn), an edit of the base reply (the first)
+    // thumbs up on the dog-stories reply (the third turn), an edit of the base reply (the first)
     const turn = (n: number) => `#log li.turn:nth-child(${n}) .assistant`;
     await page.click(`${turn(3)} button.up`);
     await page.waitForSelector(`${turn(3)}[data-rating="1"]`);
@@ -347,7 +359,7 @@ describe('the demo PWA, end to end', () => {
     await page.waitForSelector(`${turn(1)}[data-corrected=true]`);
     await page.waitForSelector('#feedback-count[data-count="2"]');
     feedback.push(
-      { prompt: PROMPT, completion: texts.get('beach') as string, rating: 1 },
+      { prompt: PROMPT, completion: texts.get('dog-stories') as string, rating: 1 },
       { prompt: PROMPT, completion: base, correction },
     );
     const logged = await page.evaluate(async () =>
@@ -416,8 +428,8 @@ describe('the demo PWA, end to end', () => {
   it("blend: sliders for the LoRA adapters; the worker's active set is the sliders' and the text is Node's blend", async () => {
     expect(
       await page.$$eval('#blend li', (items) => items.map((li) => (li as HTMLElement).dataset.id)),
-    ).toEqual(['noisy-lora', 'personal']);
-    const weights = { 'noisy-lora': 0.5, personal: 1.5 };
+    ).toEqual(['personal', 'shakespeare']);
+    const weights = { personal: 1.5, shakespeare: 0.5 }; // the panel's order
     for (const [id, weight] of Object.entries(weights)) {
       await page.check(`#blend li[data-id="${id}"] input[type=checkbox]`);
       await page.fill(`#blend li[data-id="${id}"] input[type=range]`, String(weight));
@@ -429,12 +441,12 @@ describe('the demo PWA, end to end', () => {
       JSON.stringify(blend),
     );
     expect(await workerActive()).toEqual(blend);
-    await page.waitForSelector(`${row('noisy-lora')}[data-state=active]`);
-    expect((await rowInfo('noisy-lora')).label).toBe('active · weight 0.5 in a blend');
+    await page.waitForSelector(`${row('shakespeare')}[data-state=active]`);
+    expect((await rowInfo('shakespeare')).label).toBe('active · weight 0.5 in a blend');
     expect(await page.getAttribute('#personal-status', 'data-active')).toBe('true');
     const blended = await ask();
     expect(blended.text).toBe(await nodeText(blend));
-    expect(blended.text).not.toBe(texts.get('noisy-lora'));
+    expect(blended.text).not.toBe(texts.get('shakespeare'));
     expect(blended.text).not.toBe(texts.get('v1'));
     texts.set('blend', blended.text);
   });
@@ -445,35 +457,41 @@ describe('the demo PWA, end to end', () => {
     expect(before.entries).toBe(2);
     expect(Number(await page.getAttribute('#usage', 'data-bytes'))).toBe(before.bytes);
     expect(
-      await page.$$eval('#cached li', (items) =>
-        items.map((li) => [(li as HTMLElement).dataset.id, Number((li as HTMLElement).dataset.bytes)]),
+      new Map(
+        await page.$$eval('#cached li', (items) =>
+          items.map(
+            (li) => [(li as HTMLElement).dataset.id, Number((li as HTMLElement).dataset.bytes)] as const,
+          ),
+        ),
       ),
-    ).toEqual([
-      ['beach', manifestBytes.beach],
-      ['noisy-lora', manifestBytes['noisy-lora']],
-    ]);
+    ).toEqual(
+      new Map([
+        ['dog-stories', manifestBytes['dog-stories']],
+        ['shakespeare', manifestBytes['shakespeare']],
+      ]),
+    );
     expect(await page.textContent('#personal-storage')).toMatch(/2 versions.*feedback log: 2 events/);
     await shoot('storage.png', '#storage');
 
-    await page.click('#cached li[data-id="beach"] button.evict');
+    await page.click('#cached li[data-id="dog-stories"] button.evict');
     await page.waitForSelector(`#usage[data-entries="${before.entries - 1}"]`);
     const after = await page.evaluate(() => window.demo!.rt.adapters.usage());
     expect(after.entries).toBe(before.entries - 1);
     expect(after.bytes).toBeLessThan(before.bytes);
     expect(Number(await page.getAttribute('#usage', 'data-bytes'))).toBe(after.bytes);
-    await page.waitForSelector(`${row('beach')}[data-state=remote]`);
-    expect(await rowInfo('beach')).toMatchObject({
+    await page.waitForSelector(`${row('dog-stories')}[data-state=remote]`);
+    expect(await rowInfo('dog-stories')).toMatchObject({
       cache: 'not-cached',
       added: 'false',
       label: 'not cached',
     });
-    expect((await workerCatalog()).find((e) => e.id === 'beach')).toMatchObject({
+    expect((await workerCatalog()).find((e) => e.id === 'dog-stories')).toMatchObject({
       cached: false,
       added: false,
     });
     expect(await workerActive()).toEqual([
-      { id: 'noisy-lora', weight: 0.5 },
       { id: 'personal', weight: 1.5 },
+      { id: 'shakespeare', weight: 0.5 },
     ]); // the blend did not hold it
   });
 
@@ -486,11 +504,17 @@ describe('the demo PWA, end to end', () => {
       expect(await page.evaluate(() => navigator.serviceWorker.controller !== null)).toBe(true);
       expect(await page.getAttribute('#network', 'data-state')).toBe('offline');
       expect(await page.textContent('#network')).toBe('offline');
-      expect(await rowStates()).toEqual({ beach: 'remote', sun: 'remote', 'noisy-lora': 'active' });
-      expect(await rowInfo('noisy-lora')).toMatchObject({ cache: 'cached', added: 'true' });
+      expect(await rowStates()).toEqual({
+        shakespeare: 'active',
+        'happy-ending': 'remote',
+        'short-answer': 'remote',
+        'dog-stories': 'remote',
+        seaside: 'remote',
+      });
+      expect(await rowInfo('shakespeare')).toMatchObject({ cache: 'cached', added: 'true' });
       expect(await workerActive()).toEqual([
-        { id: 'noisy-lora', weight: 0.5 },
         { id: 'personal', weight: 1.5 },
+        { id: 'shakespeare', weight: 0.5 },
       ]);
       await page.waitForSelector('#versions li');
       expect(await versions()).toEqual([
