@@ -4,17 +4,19 @@
  * (../graph/autodiff). One onnxruntime run gives the loss, each sequence's log-probability and every
  * gradient.
  *
- *   inputs   input_ids, attention_mask, position_ids, past_key_values.*   as the decoder (past empty)
+ *   inputs   input_ids, attention_mask, position_ids, past_key_values.*   as the decoder (the past
+ *                                                                      empty, or a prefix-tuning prefix)
  *            slot inputs                                               lora_A.{kind}, ..., as at inference
  *            labels    int64 [batch, seq]   the next token at each position (any id where loss_mask is 0)
  *            loss_mask float [batch, seq]   1 on the completion's tokens
  *            the objective's inputs (OBJECTIVE_INPUTS)
  *   outputs  seq_logps [batch]  Σ_t loss_mask · log p(labels | prefix)
  *            loss      []       (not for 'logps', the scoring graph)
- *            {slot input}_grad  same shape as the slot input
+ *            {input}_grad  same shape as the input trained
  *
- * Which slot inputs are trained: LoRA's A and B of every slotted module (`lora`), IA3's scales
- * (`scales`), the prompt embeddings of prompt tuning (`prompt`). Slotting only the last k layers'
+ * Which inputs are trained: LoRA's A and B of every slotted module (`lora`), IA3's scales
+ * (`scales`), the prompt embeddings of prompt tuning (`prompt`), any other input by name (`values`:
+ * the past of prefix tuning, every weight for pretraining). Slotting only the last k layers'
  * modules trains only those, and the backward pass stops below them.
  *
  * A quantized base is trained against its dequantized weights (the values its quantized ops multiply
