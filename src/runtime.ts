@@ -36,6 +36,7 @@ import {
 import { adapterFeeds } from './methods/combine.js';
 import type { AdapterFeeds, BaseModel } from './methods/feeds.js';
 import { AdapterFormatError, InvalidInputError } from './errors.js';
+import { mixtureFeeds, type MixtureRouter } from './mixtures/expert-feeds.js';
 
 export interface RuntimeOptions extends LoadModelOptions {
   /** A model folder: path (Node), URL, or FileSource. */
@@ -66,11 +67,21 @@ export interface ActiveSpec {
   weight?: number;
 }
 
+/** A token-level mixture of LoRA experts (src/mixtures/expert-feeds.ts). */
+export interface MixtureSpec {
+  /** Ids of added LoRA / AdaLoRA adapters, 2 or more. */
+  experts: readonly string[];
+  /** 'arrow' (PEFT's Arrow, data-free prototypes) or a learned 'gate'; top k, temperature. */
+  router: MixtureRouter;
+}
+
 export class AdapterRegistry {
   private readonly loaded = new Map<string, PeftAdapter>();
   /** Each adapter's feeds alone at weight 1, computed once at add() (DoRA's weight norm is costly). */
   private readonly alone = new Map<string, AdapterFeeds>();
   private current: ActiveSpec[] = [];
+  /** The active mixture, when the active set is one (`current` then lists its experts). */
+  private mixture?: MixtureSpec;
 
   constructor(
     private readonly model: LanguageModel,
@@ -119,6 +130,41 @@ export class AdapterRegistry {
     const feeds = single ?? adapterFeeds(active, this.base);
     this.model.session.setAdapter(feeds);
     this.current = list;
+    this.mixture = undefined;
+  }
+
+  /**
+   * Makes a token-level mixture of experts active from the next request: every token of every
+   * request is routed to its top-k experts in each module. Needs a model loaded with a router
+   * (`slots: { router: 'arrow' | 'gate' }`).
+   */
+  async activateMixture(spec: MixtureSpec): Promise<void> {
+    const experts = spec.experts.map((id) => {
+      const adapter = this.loaded.get(id);
+      if (!adapter)
+        throw new InvalidInputError(
+          'activateMixture',
+          id,
+          `no adapter with this id; added: ${[...this.loaded.keys()].join(', ') || 'none'}`,
+        );
+      return adapter;
+    });
+    const router = this.model.session.slots?.router;
+    if (!router)
+      throw new InvalidInputError(
+        'activateMixture',
+        'router',
+        "the model was loaded without a router: load it with slots: { router: 'arrow' | 'gate' }",
+      );
+    if (router.kind !== spec.router.kind)
+      throw new InvalidInputError(
+        'activateMixture',
+        'router.kind',
+        `the model was loaded with a '${router.kind}' router, not '${spec.router.kind}'`,
+      );
+    this.model.session.setAdapter(mixtureFeeds(experts, spec.router, this.base));
+    this.current = spec.experts.map((id) => ({ id }));
+    this.mixture = { experts: [...spec.experts], router: spec.router };
   }
 
   /**
@@ -137,7 +183,8 @@ export class AdapterRegistry {
     this.alone.set(id, feeds);
     if (this.current.some((s) => s.id === id)) {
       try {
-        await this.activate(this.current);
+        if (this.mixture) await this.activateMixture(this.mixture);
+        else await this.activate(this.current);
       } catch (e) {
         this.loaded.set(id, previous);
         this.alone.set(id, previousFeeds);
@@ -169,6 +216,7 @@ export class AdapterRegistry {
   deactivate(): void {
     this.model.session.setAdapter(undefined);
     this.current = [];
+    this.mixture = undefined;
   }
 
   /** The active adapters, in blend order. */
@@ -185,7 +233,10 @@ export class AdapterRegistry {
     if (!this.loaded.has(id)) throw new InvalidInputError('remove', id, 'no adapter with this id');
     const rest = this.current.filter((s) => s.id !== id);
     if (rest.length !== this.current.length) {
-      if (rest.length) await this.activate(rest);
+      // A mixture loses its expert: the others stay mixed while there are two.
+      if (this.mixture && rest.length >= 2)
+        await this.activateMixture({ experts: rest.map((s) => s.id), router: this.mixture.router });
+      else if (rest.length && !this.mixture) await this.activate(rest);
       else this.deactivate();
     }
     this.loaded.delete(id);

@@ -22,17 +22,39 @@ export function slotTensors(
   const { Tensor } = ortApi;
   const out: Record<string, ort.Tensor> = {};
   const placed = new Set<string>();
+  const router = feeds?.router;
+  if (router && !layout.router) {
+    throw new IncompatibleAdapterError(
+      'adapter',
+      'router',
+      'a mixture of experts needs a graph loaded with a router (slot option router)',
+    );
+  }
+  // Without a mixture, a router graph runs the adapter as one expert (coefficient 1).
+  const experts = router?.experts ?? 1;
   for (const g of layout.groups) {
     const n = g.modules.length;
-    const rank = Math.max(minRank, ...g.modules.map((m) => feeds?.modules.get(m)?.rank ?? 0));
+    // The rank holds `experts` equal blocks (a module of the group without a feed is all zeros).
+    const widest = Math.max(minRank, ...g.modules.map((m) => feeds?.modules.get(m)?.rank ?? 0));
+    const rank = Math.ceil(widest / experts) * experts;
     const a = new Float32Array(n * g.in * rank);
     const b = new Float32Array(n * rank * g.out);
     const scaleIn = g.scaleIn ? new Float32Array(n * g.in).fill(1) : undefined;
     const scaleOut = g.scaleOut ? new Float32Array(n * g.out).fill(1) : undefined;
+    const routerWeights = g.router ? new Float32Array(n * g.in * experts) : undefined;
     g.modules.forEach((module, k) => {
+      const r = router?.weights.get(module);
+      if (r && routerWeights) routerWeights.set(r, k * g.in * experts);
       const f = feeds?.modules.get(module);
       if (!f) return;
       placed.add(module);
+      if (experts > 1 && f.rank !== rank) {
+        throw new IncompatibleAdapterError(
+          'adapter',
+          module,
+          `rank ${f.rank} where the group's ${experts} experts take ${rank}: experts must be padded alike`,
+        );
+      }
       // A [in, r] into block k of [n * in, rank] (zero-padded columns); B [r, out] into [n * rank, out].
       for (let i = 0; i < g.in; i++) a.set(f.a.subarray(i * f.rank, (i + 1) * f.rank), (k * g.in + i) * rank);
       b.set(f.b, k * rank * g.out);
@@ -49,6 +71,21 @@ export function slotTensors(
     out[g.b] = new Tensor('float32', b, [n * rank, g.out]);
     if (g.scaleIn && scaleIn) out[g.scaleIn] = new Tensor('float32', scaleIn, [n * g.in]);
     if (g.scaleOut && scaleOut) out[g.scaleOut] = new Tensor('float32', scaleOut, [n * g.out]);
+    if (g.router && routerWeights) out[g.router] = new Tensor('float32', routerWeights, [n * g.in, experts]);
+  }
+  if (layout.router) {
+    const topK = router?.topK ?? 1;
+    const temperature = router?.temperature ?? 1;
+    if (!(Number.isInteger(topK) && topK >= 1 && topK <= experts))
+      throw new IncompatibleAdapterError(
+        'adapter',
+        'router.topK',
+        `must be an integer in [1, ${experts}], got ${topK}`,
+      );
+    if (!(temperature > 0))
+      throw new IncompatibleAdapterError('adapter', 'router.temperature', `must be > 0, got ${temperature}`);
+    out[layout.router.topK] = new Tensor('int64', BigInt64Array.of(BigInt(topK)), [1]);
+    out[layout.router.temperature] = new Tensor('float32', Float32Array.of(temperature), [1]);
   }
   for (const module of feeds?.modules.keys() ?? []) {
     if (!placed.has(module)) {

@@ -36,6 +36,10 @@
  * row when no prompt adapter is active) so the lookup stays valid.
  *
  * Prefix tuning needs no slot: its keys and values are the start of the KV cache.
+ *
+ * With `router` set, each LoRA slot holds E experts side by side and a router per module weights
+ * them per token (./expert-router.ts: PEFT's Arrow, or a learned gate); a single adapter then runs as
+ * one expert with coefficient 1.
  */
 import { create } from '@bufbuild/protobuf';
 import { InvalidInputError, ModelFormatError } from '../errors.js';
@@ -52,6 +56,16 @@ import { withFields } from '../formats/onnx/index.js';
 import { linearNodes } from './llama.js';
 import { attribute, valueInfo } from './builder.js';
 import { linearPrefix, linearShape } from './quantized-linear.js';
+import {
+  ROUTER_CONSTANTS,
+  ROUTER_TEMPERATURE,
+  ROUTER_TOP_K,
+  expertShapeNodes,
+  routeExperts,
+  routerInput,
+  topKNode,
+  type RouterKind,
+} from './expert-router.js';
 
 export interface SlotOptions {
   /** Modules that get a slot (HF names); default every linear module of the graph. */
@@ -75,6 +89,11 @@ export interface SlotOptions {
    * loadModel passes 7 and a wider Split becomes a tree of Splits.
    */
   maxSplitOutputs?: number;
+  /**
+   * Token-level routing over LoRA experts (./expert-router.ts): 'arrow' (|x · prototype|, PEFT's
+   * Arrow) or 'gate' (a learned linear gate per module). Default: none (one LoRA branch, no router).
+   */
+  router?: RouterKind;
 }
 
 /** One module kind: its inputs and the modules (in row order) that read them. */
@@ -89,12 +108,16 @@ export interface SlotGroup {
   b: string;
   scaleIn?: string;
   scaleOut?: string;
+  /** `router.{kind}` [modules * in, experts], when the slots route over experts. */
+  router?: string;
 }
 
 export interface SlotLayout {
   groups: SlotGroup[];
   /** `prompt_embeddings` [rows, hidden] when the prompt slot exists. */
   prompt?: { input: string; vocabSize: number; hidden: number };
+  /** Token-level expert routing: its kind and the shared inputs (`router_top_k`, `router_temperature`). */
+  router?: { kind: RouterKind; topK: string; temperature: string };
 }
 
 export const PROMPT_EMBEDDINGS = 'prompt_embeddings';
@@ -135,6 +158,8 @@ export function addAdapterSlots(
     create(NodeProtoSchema, { opType, name, input, output: [`${name}_output_0`] });
   // The block of module k in a packed input; made by the input's Split (below).
   const block = (input: string, k: number) => `${input}/block_${k}`;
+  // Router: [0, 0, E, -1] per kind, made once (below, with the Splits).
+  const expertShape = (kind: string) => `/router/${kind}/expert_shape_output_0`;
 
   for (const { module, node: matmul } of linearNodes(model)) {
     if (wanted && !wanted.has(module)) continue;
@@ -146,6 +171,7 @@ export function addAdapterSlots(
       group = { kind, in: inF, out: outF, modules: [], a: `lora_A.${kind}`, b: `lora_B.${kind}` };
       if (outputScaled(kind)) group.scaleOut = `scale_out.${kind}`;
       if (inputScaled(kind, module)) group.scaleIn = `scale_in.${kind}`;
+      if (options.router) group.router = routerInput(kind);
       groups.set(kind, group);
     } else if (group.in !== inF || group.out !== outF) {
       throw new ModelFormatError(
@@ -179,14 +205,28 @@ export function addAdapterSlots(
       scaled = m.output[0];
     }
     const xa = node('MatMul', `${p}/lora_A/MatMul`, [x, block(group.a, k)]);
-    const xab = node('MatMul', `${p}/lora_B/MatMul`, [xa.output[0], block(group.b, k)]);
+    nodes.push(xa);
+    let z = xa.output[0];
+    if (options.router && group.router) {
+      const routed = routeExperts({
+        prefix: p,
+        router: options.router,
+        x,
+        z,
+        weights: block(group.router, k),
+        expertShape: expertShape(kind),
+      });
+      nodes.push(...routed.nodes);
+      z = routed.gated;
+    }
+    const xab = node('MatMul', `${p}/lora_B/MatMul`, [z, block(group.b, k)]);
     const sum = create(NodeProtoSchema, {
       opType: 'Add',
       name: `${p}/lora/Add`,
       input: [scaled, xab.output[0]],
       output: [matmul.output[0]],
     });
-    nodes.push(xa, xab, sum);
+    nodes.push(xab, sum);
     patches.set(matmul, nodes);
   }
   if (wanted) {
@@ -285,9 +325,27 @@ export function addAdapterSlots(
       newInputs.push(valueInfo(scale, 'float32', [n * size]));
       splitBlocks(scale, n, rows(size));
     }
+    if (g.router) {
+      newInputs.push(valueInfo(g.router, 'float32', [n * g.in, 'experts']));
+      splitBlocks(g.router, n, rows(g.in));
+      reads.push(...expertShapeNodes(g.kind).nodes);
+    }
+  }
+  if (options.router) {
+    newInputs.push(valueInfo(ROUTER_TOP_K, 'int64', [1]), valueInfo(ROUTER_TEMPERATURE, 'float32', [1]));
+    reads.push(topKNode());
+    for (const c of Object.values(ROUTER_CONSTANTS)) {
+      graph.initializer.push(
+        'float' in c
+          ? floatTensor(c.name, [...c.float], [...c.dims])
+          : int64Tensor(c.name, [...c.ints], [...c.dims]),
+      );
+    }
   }
 
   const layout: SlotLayout = { groups: [...groups.values()] };
+  if (options.router)
+    layout.router = { kind: options.router, topK: ROUTER_TOP_K, temperature: ROUTER_TEMPERATURE };
   if (options.prompt ?? true) {
     const gather = graph.node.find((n) => n.opType === 'Gather' && n.name === '/model/embed_tokens/Gather');
     const table = gather && initializers.get(gather.input[0]);
@@ -331,6 +389,11 @@ export function addAdapterSlots(
   const nodes = [...reads, ...graph.node.flatMap((n) => patches.get(n) ?? [n])];
   const patched = withFields(graph, { node: nodes, input: [...graph.input, ...newInputs] });
   return { model: withFields(model, { graph: patched }), layout };
+}
+
+function floatTensor(name: string, values: number[], dims: number[]): TensorProto {
+  const rawData = new Uint8Array(new Float32Array(values).buffer);
+  return create(TensorProtoSchema, { name, dims: dims.map(BigInt), dataType: DataType.FLOAT, rawData });
 }
 
 function int64Tensor(name: string, values: number[], dims: number[] = [values.length]): TensorProto {

@@ -36,6 +36,12 @@ export interface AdapterFeeds {
    * array per layer, each [num_key_value_heads, tokens, head_dim] row-major.
    */
   prefix?: { tokens: number; keys: Float32Array[]; values: Float32Array[] };
+  /**
+   * Token-level routing over experts (graph/expert-router.ts): every module's a / b hold `experts`
+   * blocks of equal rank side by side, and `weights` the router R [in, experts] of each module
+   * (row-major; an absent module's router is zeros). Needs a graph loaded with a router slot.
+   */
+  router?: { experts: number; topK: number; temperature: number; weights: Map<string, Float32Array> };
 }
 
 /** The base model as methods/ needs it: its config, and the weights DoRA and checks read. */

@@ -65,7 +65,7 @@ export function referenceLogitsWithAdapters(
 }
 
 /** A low-rank branch on one module: y ← y + s · B (A x), and for DoRA y ← g ⊙ (y + s · B (A x)). */
-interface LowRank {
+export interface LowRank {
   /** [r, in], row-major (AdaLoRA: A ⊙ E). */
   a: Float64Array;
   /** [out, r], row-major. */
@@ -179,7 +179,11 @@ export class PeftReferenceSession extends ReferenceSession {
  * DoraLinearVariant.forward with lora/dora.py DoraLinearLayer.forward in eval mode (base_result =
  * result, no bias): result + (g - 1) · result + g · scaling · B A x = g ⊙ (y + scaling · B A x).
  */
-function applyLowRank(y: Float64Array, x: Float64Array, { a, b, r, scaling, dora }: LowRank): Float64Array {
+export function applyLowRank(
+  y: Float64Array,
+  x: Float64Array,
+  { a, b, r, scaling, dora }: LowRank,
+): Float64Array {
   const ax = new Float64Array(r);
   for (let k = 0; k < r; k++) {
     let s = 0;
@@ -209,7 +213,12 @@ function applyLowRank(y: Float64Array, x: Float64Array, { a, b, r, scaling, dora
  * resize_modules_by_rank_pattern copies the old ranknum back ("the scaling is exactly as the
  * previous"). targets.ts loraScaling returns scaling / ranknum.
  */
-function lowRank(adapter: PeftAdapter, t: LoraModuleTensors, weight: number, w?: Float32Array): LowRank {
+export function lowRank(
+  adapter: PeftAdapter,
+  t: LoraModuleTensors,
+  weight: number,
+  w?: Float32Array,
+): LowRank {
   const cfg = adapter.config;
   if (cfg.peft_type !== 'LORA' && cfg.peft_type !== 'ADALORA') throw new TypeError('not a LoRA adapter');
   const { rank: r, in: n, out } = t;
