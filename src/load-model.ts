@@ -10,6 +10,7 @@ import { readModelFolder } from './formats/model-folder.js';
 import { decodeModel, encodeModel, externalizeData, internalizeData } from './formats/onnx/index.js';
 import { addAdapterSlots, WEBGPU_SPLIT_OUTPUTS, type SlotOptions } from './graph/adapter-slots.js';
 import { graphBaseModel } from './graph/base-weights.js';
+import { exposeHiddenState } from './graph/hidden-state.js';
 import {
   dequantizeWeights,
   dequantizedFormats,
@@ -73,7 +74,7 @@ export async function loadModelWithBase(
     embedding: options.kernels === 'dequantize' || promptSlot,
   });
   const runnable = dequantized ?? graph;
-  const patched =
+  const slotted =
     slots === false
       ? undefined
       : addAdapterSlots(runnable, {
@@ -81,6 +82,11 @@ export async function loadModelWithBase(
           // WebGPU binds a Split's outputs as storage buffers: 8 per shader is all a device must allow.
           ...(options.backend === 'webgpu' ? { maxSplitOutputs: WEBGPU_SPLIT_OUTPUTS } : {}),
         });
+  // A patched graph also outputs its last hidden state (prompt routing reads it).
+  const patched = slotted && {
+    model: exposeHiddenState(slotted.model, folder.config.hidden_size, file),
+    layout: slotted.layout,
+  };
   const backend = await loadBackend(options);
   // Dequantized weights reach onnxruntime as external data: no second copy inside one protobuf.
   const unpacked =

@@ -37,6 +37,20 @@ import { adapterFeeds } from './methods/combine.js';
 import type { AdapterFeeds, BaseModel } from './methods/feeds.js';
 import { AdapterFormatError, InvalidInputError } from './errors.js';
 import { mixtureFeeds, type MixtureRouter } from './mixtures/expert-feeds.js';
+import {
+  PromptRouter,
+  promptEmbedding,
+  type RouteChoice,
+  type RouteOptions,
+} from './mixtures/prompt-router.js';
+
+/** A request's options: generation, and the adapters of this request only. */
+export interface RequestOptions extends GenerateOptions {
+  /** This request's adapters instead of the active ones: a blend, or 'route' to route the prompt. */
+  adapters?: readonly (string | ActiveSpec)[] | 'route';
+  /** With adapters: 'route', the routing's top k and temperature. */
+  route?: RouteOptions;
+}
 
 export interface RuntimeOptions extends LoadModelOptions {
   /** A model folder: path (Node), URL, or FileSource. */
@@ -82,6 +96,8 @@ export class AdapterRegistry {
   private current: ActiveSpec[] = [];
   /** The active mixture, when the active set is one (`current` then lists its experts). */
   private mixture?: MixtureSpec;
+  /** Per-request routing: the prototypes of the adapters given example prompts. */
+  private router = new PromptRouter();
 
   constructor(
     private readonly model: LanguageModel,
@@ -111,26 +127,65 @@ export class AdapterRegistry {
    * joins them.
    */
   async activate(spec: string | readonly (string | ActiveSpec)[]): Promise<void> {
+    const { list, feeds } = this.blend(spec, 'activate');
+    this.model.session.setAdapter(feeds);
+    this.current = list;
+    this.mixture = undefined;
+  }
+
+  /** The feeds of one adapter or a weighted blend of added adapters (for activate, or one request). */
+  blend(
+    spec: string | readonly (string | ActiveSpec)[],
+    field = 'adapters',
+  ): { list: ActiveSpec[]; feeds: AdapterFeeds } {
     const list: ActiveSpec[] = (typeof spec === 'string' ? [spec] : spec).map((s) =>
       typeof s === 'string' ? { id: s } : { ...s },
     );
     if (list.length === 0)
-      throw new InvalidInputError('activate', undefined, 'no adapter given; use deactivate()');
+      throw new InvalidInputError(field, undefined, 'no adapter given; use deactivate()');
     const active = list.map(({ id, weight }) => {
       const adapter = this.loaded.get(id);
       if (!adapter)
         throw new InvalidInputError(
-          'activate',
+          field,
           id,
           `no adapter with this id; added: ${[...this.loaded.keys()].join(', ') || 'none'}`,
         );
       return { adapter, weight: weight ?? 1 };
     });
     const single = list.length === 1 && (list[0].weight ?? 1) === 1 ? this.alone.get(list[0].id) : undefined;
-    const feeds = single ?? adapterFeeds(active, this.base);
-    this.model.session.setAdapter(feeds);
-    this.current = list;
-    this.mixture = undefined;
+    return { list, feeds: single ?? adapterFeeds(active, this.base) };
+  }
+
+  /**
+   * Gives an added adapter example prompts to route by (per-request routing, `route`): their mean
+   * base-model embeddings become its prototype. Replaces earlier examples of that adapter.
+   */
+  async setExamples(id: string, prompts: readonly (string | readonly number[])[]): Promise<void> {
+    if (!this.loaded.has(id)) throw new InvalidInputError('setExamples', id, 'no adapter with this id');
+    if (prompts.length === 0)
+      throw new InvalidInputError('setExamples', 'prompts', 'needs at least one example prompt');
+    const embeddings: Float64Array[] = [];
+    for (const prompt of prompts) embeddings.push(await this.routingEmbedding(prompt));
+    this.router.setExamples(id, embeddings);
+  }
+
+  /**
+   * The adapters for a prompt, best first, with blend weights: the top k of those given examples
+   * (src/mixtures/prompt-router.ts). Pass the result to `activate`, or to `generate` as `adapters`
+   * for this request only.
+   */
+  async route(prompt: string | readonly number[], options: RouteOptions = {}): Promise<RouteChoice[]> {
+    return this.router.route(await this.routingEmbedding(prompt), options);
+  }
+
+  /** A prompt's routing embedding: one forward of the base, no adapter (src/mixtures/prompt-router.ts). */
+  async routingEmbedding(prompt: string | readonly number[]): Promise<Float64Array> {
+    const tokens = this.model.encode(prompt);
+    const { logits, hidden } = await this.model.baseForward(tokens);
+    const table = this.base.weight('model.embed_tokens');
+    const d = this.base.config.hidden_size;
+    return promptEmbedding(tokens, logits, hidden, (t) => table.subarray(t * d, (t + 1) * d));
   }
 
   /**
@@ -241,6 +296,7 @@ export class AdapterRegistry {
     }
     this.loaded.delete(id);
     this.alone.delete(id);
+    this.router.delete(id);
   }
 
   /** A base weight as methods/ reads it: W [out, in] of a linear module, or `model.embed_tokens`. */
@@ -347,15 +403,33 @@ export class Runtime {
     return this.personal.train(request, onProgress);
   }
 
-  generate(
+  /**
+   * Streams a completion with the active adapters, or with `options.adapters` for this request only:
+   * a blend (`[{ id, weight }, ...]`, e.g. what `adapters.route` returned) or 'route' to route this
+   * prompt now (`options.route`: top k, temperature).
+   */
+  async *generate(
     prompt: string | readonly number[],
-    options?: GenerateOptions,
+    options: RequestOptions = {},
   ): AsyncGenerator<GenerationChunk, FinishReason> {
-    return this.model.generate(prompt, options);
+    const { adapters, route, ...rest } = options;
+    const feeds = await this.requestFeeds(prompt, adapters, route);
+    return yield* this.model.generate(prompt, rest, feeds);
   }
 
-  complete(prompt: string | readonly number[], options?: GenerateOptions): Promise<Completion> {
-    return this.model.complete(prompt, options);
+  async complete(prompt: string | readonly number[], options: RequestOptions = {}): Promise<Completion> {
+    const { adapters, route, ...rest } = options;
+    return this.model.complete(prompt, rest, await this.requestFeeds(prompt, adapters, route));
+  }
+
+  private async requestFeeds(
+    prompt: string | readonly number[],
+    adapters: RequestOptions['adapters'],
+    route: RouteOptions | undefined,
+  ): Promise<AdapterFeeds | undefined> {
+    if (adapters === undefined) return undefined;
+    const spec = adapters === 'route' ? await this.adapters.route(prompt, route) : adapters;
+    return this.adapters.blend(spec).feeds;
   }
 
   logits(tokens: readonly number[]): Promise<Float32Array[]> {

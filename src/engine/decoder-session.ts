@@ -15,6 +15,7 @@ import { InvalidInputError, ModelFormatError } from '../errors.js';
 import type { SlotLayout } from '../graph/adapter-slots.js';
 import type { AdapterFeeds } from '../methods/feeds.js';
 import { slotTensors } from './slot-feeds.js';
+import { LAST_HIDDEN_STATE } from '../graph/hidden-state.js';
 
 /** The keys and values of every layer for the tokens seen so far (batch 1). */
 export interface KvCache {
@@ -40,6 +41,8 @@ export interface Conditioning {
 
 export class DecoderSession {
   private conditioning: Conditioning;
+  /** The outputs every run fetches (not the hidden state, unless asked). */
+  private readonly fetches: string[];
   /** Requests holding each conditioning (begin / end); a replaced one is freed when none is left. */
   private readonly users = new Map<Conditioning, number>();
 
@@ -53,6 +56,7 @@ export class DecoderSession {
     /** WebGPU: the device that holds the cache and the adapter tensors. */
     private readonly device: GPUDevice | undefined,
   ) {
+    this.fetches = session.outputNames.filter((n) => n !== LAST_HIDDEN_STATE);
     this.conditioning = { slots: this.slotFeeds(undefined), virtualTokens: [] };
   }
 
@@ -218,7 +222,8 @@ export class DecoderSession {
     tokens: readonly number[],
     cache: KvCache,
     conditioning: Conditioning = this.conditioning,
-  ): Promise<{ logits: Float32Array; cache: KvCache }> {
+    options: { hidden?: boolean } = {},
+  ): Promise<{ logits: Float32Array; cache: KvCache; hidden?: Float32Array }> {
     const { vocab_size: vocab, max_position_embeddings: context } = this.config;
     const { slots, virtualTokens } = conditioning;
     if (tokens.length === 0) throw new InvalidInputError('tokens', undefined, 'no tokens to run');
@@ -252,7 +257,15 @@ export class DecoderSession {
     for (const [name, tensor] of cache.tensors) feeds[name] = tensor;
     Object.assign(feeds, slots);
 
-    const out = await this.session.run(feeds);
+    if (options.hidden && !this.session.outputNames.includes(LAST_HIDDEN_STATE)) {
+      throw new InvalidInputError(
+        'forward',
+        'hidden',
+        `the graph has no ${LAST_HIDDEN_STATE} output (a model loaded with slots: false)`,
+      );
+    }
+    const fetches = options.hidden ? [...this.fetches, LAST_HIDDEN_STATE] : this.fetches;
+    const out = await this.session.run(feeds, fetches);
     const next = new Map<string, ort.Tensor>();
     for (const name of this.pastNames) {
       const present = out[name.replace('past_key_values', 'present')];
@@ -272,7 +285,8 @@ export class DecoderSession {
         `expected ${tokens.length}x${vocab} logits, got ${logits.length} values`,
       );
     }
-    return { logits, cache: { length: total, tensors: next } };
+    const result = { logits, cache: { length: total, tensors: next } };
+    return options.hidden ? { ...result, hidden: out[LAST_HIDDEN_STATE].data as Float32Array } : result;
   }
 
   async release(): Promise<void> {

@@ -109,6 +109,26 @@ export class LanguageModel {
     return tokens.map((_, i) => logits.slice((skip + i) * vocab, (skip + i + 1) * vocab));
   }
 
+  /**
+   * One forward of `tokens` from the start of a request with no adapter: the base model's logits and
+   * its last hidden state (after the final norm) at every position, one row of each per token.
+   */
+  async baseForward(tokens: readonly number[]): Promise<{ logits: Float32Array[]; hidden: Float32Array[] }> {
+    const base = this.session.begin(this.session.prepare(undefined));
+    try {
+      const step = await this.session.forward(tokens, this.session.startCache(base), base, { hidden: true });
+      this.session.dispose(step.cache);
+      const rows = (data: Float32Array, width: number) =>
+        tokens.map((_, i) => data.slice(i * width, (i + 1) * width));
+      return {
+        logits: rows(step.logits, this.config.vocab_size),
+        hidden: rows(step.hidden as Float32Array, this.config.hidden_size),
+      };
+    } finally {
+      this.session.end(base);
+    }
+  }
+
   async release(): Promise<void> {
     await this.session.release();
   }
