@@ -213,8 +213,12 @@ export class AdapterCatalog {
     return added || cached;
   }
 
-  /** Saves the runtime's active selection, for `restore` in a later session. */
-  remember(): Promise<void> {
+  /**
+   * Saves the runtime's active selection, for `restore` in a later session. A mixture of experts is
+   * not remembered (the selection saved before it stays).
+   */
+  async remember(): Promise<void> {
+    if (this.registry.activeMixture()) return;
     const specs = this.registry.active().map(({ id, weight }) => ({ id, weight: weight ?? 1 }));
     return this.state.saveActive(this.options.baseFingerprint, specs);
   }

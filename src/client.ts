@@ -26,7 +26,8 @@ import { fromWireError } from './wire-errors.js';
 import type { BackendReport, BrowserBackend } from './engine/backend.js';
 import type { FinishReason, GenerateOptions, GenerationChunk } from './engine/generate.js';
 import type { Completion } from './engine/language-model.js';
-import type { ActiveSpec, AdapterInfo } from './runtime.js';
+import type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions } from './runtime.js';
+import type { RouteChoice, RouteOptions } from './mixtures/prompt-router.js';
 import type { CatalogEntry, InstalledAdapter, RestoreReport } from './adapter-catalog.js';
 import type { StoreUsage } from './store/adapter-store.js';
 import type { FetchProgress } from './store/fetch.js';
@@ -50,7 +51,9 @@ export type { PersonalVersion } from './train/personal-versions.js';
 export type { Judge } from './train/rlaif.js';
 export type { LoraInit } from './train/init-lora.js';
 export type { BackendReport, BrowserBackend } from './engine/backend.js';
-export type { ActiveSpec, AdapterInfo } from './runtime.js';
+export type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions } from './runtime.js';
+export type { RouteChoice, RouteOptions } from './mixtures/prompt-router.js';
+export type { MixtureRouter } from './mixtures/expert-feeds.js';
 export type { Quantization } from './engine/language-model.js';
 export { WEBGPU_VERIFIED_OPS } from './engine/backend.js';
 export * from './errors.js';
@@ -264,7 +267,7 @@ export class RemoteRuntime {
    */
   async *generate(
     prompt: string | readonly number[],
-    options: GenerateOptions = {},
+    options: RequestOptions = {},
   ): AsyncGenerator<GenerationChunk, FinishReason> {
     const { signal, ...rest } = options;
     signal?.throwIfAborted();
@@ -312,7 +315,7 @@ export class RemoteRuntime {
   }
 
   /** Generates to the end: the new text and tokens. */
-  async complete(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<Completion> {
+  async complete(prompt: string | readonly number[], options: RequestOptions = {}): Promise<Completion> {
     let text = '';
     const tokens: number[] = [];
     const chunks = this.generate(prompt, options);
@@ -351,6 +354,19 @@ export class RemoteRuntime {
     activate: (spec: string | readonly (string | ActiveSpec)[]): Promise<void> =>
       this.call(this.remote.adapters.activate(spec)),
     deactivate: (): Promise<void> => this.call(this.remote.adapters.deactivate()),
+    /**
+     * A token-level mixture of added LoRA experts (Runtime adapters.activateMixture); the model must
+     * be loaded with `slots: { router: 'arrow' | 'gate' }`. A mixture is not remembered for the next
+     * session.
+     */
+    activateMixture: (spec: MixtureSpec): Promise<void> =>
+      this.call(this.remote.adapters.activateMixture(spec)),
+    /** Example prompts of an added adapter, for per-request routing (`route`, generate's adapters: 'route'). */
+    setExamples: (id: string, prompts: readonly string[]): Promise<void> =>
+      this.call(this.remote.adapters.setExamples(id, prompts)),
+    /** The adapters for a prompt, best first, with blend weights. */
+    route: (prompt: string, options?: RouteOptions): Promise<RouteChoice[]> =>
+      this.call(this.remote.adapters.route(prompt, options)),
     active: (): Promise<ActiveSpec[]> => this.call(this.remote.adapters.active()),
     list: (): Promise<AdapterInfo[]> => this.call(this.remote.adapters.list()),
     remove: (id: string): Promise<void> => this.call(this.remote.adapters.remove(id)),

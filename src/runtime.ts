@@ -274,7 +274,12 @@ export class AdapterRegistry {
     this.mixture = undefined;
   }
 
-  /** The active adapters, in blend order. */
+  /** The active mixture of experts, when one is active. */
+  activeMixture(): MixtureSpec | undefined {
+    return this.mixture && { experts: [...this.mixture.experts], router: this.mixture.router };
+  }
+
+  /** The active adapters, in blend order (a mixture's experts, without weights). */
   active(): ActiveSpec[] {
     return this.current.map((s) => ({ ...s }));
   }

@@ -10,10 +10,11 @@ import { proxy, releaseProxy, transfer, type Remote } from 'comlink';
 import { toWireError, type WireError } from './wire-errors.js';
 import { yieldToEventLoop } from './event-loop.js';
 import { chooseBackend, type BackendReport, type BrowserBackend } from './engine/backend.js';
-import type { FinishReason, GenerateOptions, GenerationChunk } from './engine/generate.js';
+import type { FinishReason, GenerationChunk } from './engine/generate.js';
 import type { Completion } from './engine/language-model.js';
 import { readJson, type FileSource } from './formats/files.js';
-import type { ActiveSpec, AdapterInfo, Runtime } from './runtime.js';
+import type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions, Runtime } from './runtime.js';
+import type { RouteChoice, RouteOptions } from './mixtures/prompt-router.js';
 import type { AdapterCatalog, CatalogEntry, InstalledAdapter } from './adapter-catalog.js';
 import type { StoreUsage } from './store/adapter-store.js';
 import type { FetchProgress } from './store/fetch.js';
@@ -97,7 +98,7 @@ export interface WorkerLoadResult {
 }
 
 /** Generation options that can cross the boundary (the AbortSignal stays on the page). */
-export type WorkerGenerateOptions = Omit<GenerateOptions, 'signal'>;
+export type WorkerGenerateOptions = Omit<RequestOptions, 'signal'>;
 
 export type AdapterBytes = { config: Uint8Array; weights: Uint8Array };
 
@@ -384,6 +385,13 @@ export class RuntimeWorker {
       this.rt().adapters.deactivate();
       await this.catalog?.remember();
     },
+    activateMixture: async (spec: MixtureSpec): Promise<void> => {
+      await this.rt().adapters.activateMixture(spec);
+    },
+    setExamples: (id: string, prompts: readonly string[]): Promise<void> =>
+      this.exclusive(() => this.rt().adapters.setExamples(id, prompts)),
+    route: (prompt: string, options?: RouteOptions): Promise<RouteChoice[]> =>
+      this.exclusive(() => this.rt().adapters.route(prompt, options)),
     active: (): ActiveSpec[] => this.rt().adapters.active(),
     list: (): AdapterInfo[] => this.rt().adapters.list(),
     remove: async (id: string): Promise<void> => {

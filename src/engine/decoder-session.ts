@@ -157,8 +157,12 @@ export class DecoderSession {
     const cpu = slotTensors(this.backend.ort, this.slots, feeds, this.minRank);
     const device = this.device;
     if (!device) return cpu;
+    // The float slot tensors go to the GPU; the router's int64 top k stays a CPU scalar.
     return Object.fromEntries(
-      Object.entries(cpu).map(([name, t]) => [name, uploadTensor(this.backend, device, t)]),
+      Object.entries(cpu).map(([name, t]) => [
+        name,
+        t.type === 'float32' ? uploadTensor(this.backend, device, t) : t,
+      ]),
     );
   }
 
@@ -313,9 +317,10 @@ const GPU_STORAGE = 0x80;
 /** A float32 CPU tensor copied into a new GPU buffer, freed when the tensor is disposed. */
 function uploadTensor(backend: Backend, device: GPUDevice, t: ort.Tensor): ort.Tensor {
   const data = t.data as Float32Array;
-  // WebGPU buffer sizes are multiples of 4 bytes (float32 always is); at least 4 for an empty tensor.
+  // Rounded up to 16 bytes, as onnxruntime's own GPU buffers are: its vectorized shaders bind a
+  // one-element tensor (router_temperature) as a vec4.
   const buffer = device.createBuffer({
-    size: Math.max(4, data.byteLength),
+    size: Math.ceil(Math.max(16, data.byteLength) / 16) * 16,
     usage: GPU_STORAGE | GPU_COPY_SRC | GPU_COPY_DST,
   });
   device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);

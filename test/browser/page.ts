@@ -13,7 +13,8 @@ import {
   type RemoteRuntime,
 } from '../../src/client.js';
 import type { FinishReason, GenerateOptions } from '../../src/engine/generate.js';
-import type { ActiveSpec, AdapterInfo } from '../../src/runtime.js';
+import type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions } from '../../src/runtime.js';
+import type { RouteOptions } from '../../src/mixtures/prompt-router.js';
 import {
   AdapterFormatError,
   EdgeAdaptersError,
@@ -116,7 +117,7 @@ const api = {
     return { backend: rt.backend, progress, ms: performance.now() - start };
   },
 
-  generate: (key: string, prompt: string, options: Omit<GenerateOptions, 'signal'>): Promise<Generated> =>
+  generate: (key: string, prompt: string, options: Omit<RequestOptions, 'signal'>): Promise<Generated> =>
     collect(get(key).generate(prompt, options)),
 
   /** Generates with an AbortSignal aborted after `after` chunks. */
@@ -203,6 +204,9 @@ const api = {
   },
 
   activate: (key: string, spec: string | (string | ActiveSpec)[]) => get(key).adapters.activate(spec),
+  activateMixture: (key: string, spec: MixtureSpec) => get(key).adapters.activateMixture(spec),
+  setExamples: (key: string, id: string, prompts: string[]) => get(key).adapters.setExamples(id, prompts),
+  route: (key: string, prompt: string, options?: RouteOptions) => get(key).adapters.route(prompt, options),
   deactivate: (key: string) => get(key).adapters.deactivate(),
   list: (key: string) => get(key).adapters.list(),
   remove: (key: string, id: string) => get(key).adapters.remove(id),
