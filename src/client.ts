@@ -24,7 +24,7 @@
 import { proxy, transfer, wrap, type Remote } from 'comlink';
 import { fromWireError } from './wire-errors.js';
 import type { BackendReport, BrowserBackend } from './engine/backend.js';
-import type { FinishReason, GenerateOptions, GenerationChunk } from './engine/generate.js';
+import type { FinishReason, GenerationChunk } from './engine/generate.js';
 import type { Completion } from './engine/language-model.js';
 import type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions } from './runtime.js';
 import type { RouteChoice, RouteOptions } from './mixtures/prompt-router.js';

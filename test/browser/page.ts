@@ -12,7 +12,7 @@ import {
   type LoadProgress,
   type RemoteRuntime,
 } from '../../src/client.js';
-import type { FinishReason, GenerateOptions } from '../../src/engine/generate.js';
+import type { FinishReason } from '../../src/engine/generate.js';
 import type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions } from '../../src/runtime.js';
 import type { RouteOptions } from '../../src/mixtures/prompt-router.js';
 import {
