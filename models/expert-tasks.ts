@@ -42,6 +42,8 @@ export interface ExpertTexts {
   /** Prompts from the training split (prototypes) and the held-out split (accuracy), per expert. */
   examples: Record<ExpertId, string[]>;
   heldOut: Record<ExpertId, string[]>;
+  /** Whole held-out texts per expert: stories of the topic, speeches of the play. */
+  heldOutTexts: Record<ExpertId, string[]>;
 }
 
 const sentences = (s: string) => s.split(/(?<=[.!?])\s+/).filter((x) => x.length > 12);
@@ -100,6 +102,15 @@ export function expertTexts(perExpert = { examples: 40, heldOut: 100 }): ExpertT
       dog: held.prompts.dog.slice(0, perExpert.heldOut),
       seaside: held.prompts.seaside.slice(0, perExpert.heldOut),
       royal: held.prompts.royal.slice(0, perExpert.heldOut),
+    },
+    heldOutTexts: {
+      shakespeare: play
+        .slice(split)
+        .split(/\n\n+/)
+        .filter((s) => s.length > 40),
+      dog: held.stories.dog,
+      seaside: held.stories.seaside,
+      royal: held.stories.royal,
     },
   };
 }
