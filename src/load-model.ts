@@ -11,6 +11,7 @@ import { decodeModel, encodeModel, externalizeData, internalizeData } from './fo
 import { addAdapterSlots, WEBGPU_SPLIT_OUTPUTS, type SlotOptions } from './graph/adapter-slots.js';
 import { graphBaseModel } from './graph/base-weights.js';
 import { exposeHiddenState } from './graph/hidden-state.js';
+import { addUniPeltSlots } from './graph/unipelt-slots.js';
 import {
   dequantizeWeights,
   dequantizedFormats,
@@ -82,10 +83,26 @@ export async function loadModelWithBase(
           // WebGPU binds a Split's outputs as storage buffers: 8 per shader is all a device must allow.
           ...(options.backend === 'webgpu' ? { maxSplitOutputs: WEBGPU_SPLIT_OUTPUTS } : {}),
         });
+  // UniPELT's gated parts, when asked for, go on top of the slots.
+  const c = folder.config;
+  const unipelt =
+    slotted && slots && 'unipelt' in slots && slots.unipelt
+      ? addUniPeltSlots(
+          slotted.model,
+          {
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kvHeads: c.num_key_value_heads,
+            headDim: c.hidden_size / c.num_attention_heads,
+          },
+          file,
+        )
+      : undefined;
   // A patched graph also outputs its last hidden state (prompt routing reads it).
   const patched = slotted && {
-    model: exposeHiddenState(slotted.model, folder.config.hidden_size, file),
-    layout: slotted.layout,
+    model: exposeHiddenState(unipelt?.model ?? slotted.model, c.hidden_size, file),
+    layout: unipelt ? { ...slotted.layout, unipelt: unipelt.layout } : slotted.layout,
   };
   const backend = await loadBackend(options);
   // Dequantized weights reach onnxruntime as external data: no second copy inside one protobuf.

@@ -37,6 +37,8 @@ import { adapterFeeds } from './methods/combine.js';
 import type { AdapterFeeds, BaseModel } from './methods/feeds.js';
 import { AdapterFormatError, InvalidInputError } from './errors.js';
 import { mixtureFeeds, type MixtureRouter } from './mixtures/expert-feeds.js';
+import { parseAdapterHubUniPelt, type UniPeltAdapter } from './formats/adapterhub-unipelt.js';
+import { uniPeltFeeds } from './methods/unipelt.js';
 import {
   PromptRouter,
   promptEmbedding,
@@ -220,6 +222,20 @@ export class AdapterRegistry {
     this.model.session.setAdapter(mixtureFeeds(experts, spec.router, this.base));
     this.current = spec.experts.map((id) => ({ id }));
     this.mixture = { experts: [...spec.experts], router: spec.router };
+  }
+
+  /**
+   * Makes a UniPELT adapter (AdapterHub's files, src/formats/adapterhub-unipelt.ts) active from the
+   * next request, alone (it is not an added adapter: `active()` lists nothing while it is active).
+   * Needs a model loaded with `slots: { unipelt: true }`.
+   */
+  async activateUniPelt(
+    source: UniPeltAdapter | { config: Uint8Array | object; weights: Uint8Array },
+  ): Promise<void> {
+    const adapter = 'layers' in source ? source : parseAdapterHubUniPelt(source, this.base.config);
+    this.model.session.setAdapter(uniPeltFeeds(adapter, this.base.config));
+    this.current = [];
+    this.mixture = undefined;
   }
 
   /**

@@ -5,7 +5,8 @@
 import type * as ort from 'onnxruntime-web';
 import type { OrtApi } from './backend.js';
 import type { SlotLayout } from '../graph/adapter-slots.js';
-import type { AdapterFeeds } from '../methods/feeds.js';
+import type { AdapterFeeds, UniPeltFeeds } from '../methods/feeds.js';
+import { loraGateInput, unipeltInputs, type UniPeltLayout } from '../graph/unipelt-slots.js';
 import { IncompatibleAdapterError } from '../errors.js';
 
 /**
@@ -96,6 +97,14 @@ export function slotTensors(
       );
     }
   }
+  const unipelt = feeds?.unipelt;
+  if (unipelt && !layout.unipelt)
+    throw new IncompatibleAdapterError(
+      'adapter',
+      'unipelt',
+      'UniPELT needs a graph loaded with slots: { unipelt: true }',
+    );
+  if (layout.unipelt) Object.assign(out, uniPeltTensors(ortApi, layout.unipelt, unipelt));
   if (layout.prompt) {
     const { hidden, input } = layout.prompt;
     const prompt = feeds?.prompt;
@@ -119,4 +128,44 @@ function unsupportedScale(module: string, side: string, option: string): Incompa
     module,
     `needs an ${side} scale on this module, and the graph was patched without one (slot option ${option})`,
   );
+}
+
+/** σ(0 · x + 100) = 1 in float32: a gate that passes the branch unchanged. */
+const OPEN_GATE_BIAS = 100;
+
+/** UniPELT's inputs (graph/unipelt-slots.ts): the adapter's, or the parts off (P = 0, m = 0, gates open). */
+function uniPeltTensors(
+  ortApi: OrtApi,
+  layout: UniPeltLayout,
+  feeds: UniPeltFeeds | undefined,
+): Record<string, ort.Tensor> {
+  const { Tensor } = ortApi;
+  const out: Record<string, ort.Tensor> = {};
+  const openGate = (n: number) => {
+    const g = new Float32Array(n + 1);
+    g[n] = OPEN_GATE_BIAS;
+    return g;
+  };
+  for (const { module, in: inF } of layout.lora) {
+    const g = feeds?.loraGates.get(module) ?? openGate(inF);
+    out[loraGateInput(module)] = new Tensor('float32', g, [inF + 1, 1]);
+  }
+  const d = layout.hidden;
+  for (let l = 0; l < layout.layers; l++) {
+    const names = unipeltInputs(l);
+    const entry = feeds?.layers[l];
+    const P = entry?.prefix?.length ?? 0;
+    const kv = [layout.heads, P, layout.headDim];
+    out[names.prefixKeys] = new Tensor('float32', entry?.prefix?.keys ?? new Float32Array(0), kv);
+    out[names.prefixValues] = new Tensor('float32', entry?.prefix?.values ?? new Float32Array(0), kv);
+    out[names.prefixGate] = new Tensor('float32', entry?.prefix?.gate ?? new Float32Array(d + 1), [d + 1, 1]);
+    const m = entry?.bottleneck?.size ?? 0;
+    out[names.down] = new Tensor('float32', entry?.bottleneck?.down ?? new Float32Array(0), [d + 1, m]);
+    out[names.up] = new Tensor('float32', entry?.bottleneck?.up ?? new Float32Array(d), [m + 1, d]);
+    out[names.bottleneckGate] = new Tensor('float32', entry?.bottleneck?.gate ?? new Float32Array(d + 1), [
+      d + 1,
+      1,
+    ]);
+  }
+  return out;
 }

@@ -66,6 +66,7 @@ import {
   topKNode,
   type RouterKind,
 } from './expert-router.js';
+import type { UniPeltLayout } from './unipelt-slots.js';
 
 export interface SlotOptions {
   /** Modules that get a slot (HF names); default every linear module of the graph. */
@@ -94,6 +95,11 @@ export interface SlotOptions {
    * Arrow) or 'gate' (a learned linear gate per module). Default: none (one LoRA branch, no router).
    */
   router?: RouterKind;
+  /**
+   * UniPELT's gated LoRA (q_proj, v_proj), gated prefix and bottleneck adapter (./unipelt-slots.ts;
+   * patched by loadModel, which knows the heads). Default false.
+   */
+  unipelt?: boolean;
 }
 
 /** One module kind: its inputs and the modules (in row order) that read them. */
@@ -118,6 +124,8 @@ export interface SlotLayout {
   prompt?: { input: string; vocabSize: number; hidden: number };
   /** Token-level expert routing: its kind and the shared inputs (`router_top_k`, `router_temperature`). */
   router?: { kind: RouterKind; topK: string; temperature: string };
+  /** UniPELT's gated parts (./unipelt-slots.ts), when patched. */
+  unipelt?: UniPeltLayout;
 }
 
 export const PROMPT_EMBEDDINGS = 'prompt_embeddings';

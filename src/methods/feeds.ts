@@ -42,6 +42,22 @@ export interface AdapterFeeds {
    * (row-major; an absent module's router is zeros). Needs a graph loaded with a router slot.
    */
   router?: { experts: number; topK: number; temperature: number; weights: Map<string, Float32Array> };
+  /** UniPELT's gated parts (graph/unipelt-slots.ts); its LoRA branches are in `modules`. */
+  unipelt?: UniPeltFeeds;
+}
+
+/** A gate [in + 1]: the weights, then the bias. */
+export type GateFeed = Float32Array;
+
+export interface UniPeltFeeds {
+  /** The gate of each gated LoRA module (q_proj, v_proj). */
+  loraGates: Map<string, GateFeed>;
+  layers: {
+    /** Keys and values [heads, P, head_dim] row-major. */
+    prefix?: { length: number; keys: Float32Array; values: Float32Array; gate: GateFeed };
+    /** down [hidden + 1, m], up [m + 1, hidden]: the last row of each is its bias. */
+    bottleneck?: { size: number; down: Float32Array; up: Float32Array; gate: GateFeed };
+  }[];
 }
 
 /** The base model as methods/ needs it: its config, and the weights DoRA and checks read. */
