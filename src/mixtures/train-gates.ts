@@ -10,7 +10,6 @@
  * few experts and the softmax over the top k, every expert keeps a share of tokens in practice
  * (README, "Mixtures of adapters", shows what the learned gates route).
  */
-import type * as ort from 'onnxruntime-web';
 import { InvalidInputError } from '../errors.js';
 import type { LlamaConfig } from '../formats/checkpoint.js';
 import type { ModelProto } from '../formats/onnx/onnx_pb.js';
@@ -22,11 +21,9 @@ import { fillNormal } from '../formats/synth.js';
 import { moduleKind, type SlotLayout } from '../graph/adapter-slots.js';
 import { routerInput } from '../graph/expert-router.js';
 import type { BaseModel } from '../methods/feeds.js';
-import { makeBatch, type TrainingRow } from '../train/batch.js';
-import { AdamW, allFinite, clipGradNorm } from '../train/optimizer.js';
+import type { TrainingRow } from '../train/batch.js';
+import { lossAndGradients, trainInputs } from '../train/train-inputs.js';
 import { buildTrainingGraph } from '../train/training-graph.js';
-import { yieldToEventLoop } from '../event-loop.js';
-import { seededRandom } from '../engine/sampling.js';
 import { mixtureFeeds } from './expert-feeds.js';
 
 export interface GateTrainOptions {
@@ -95,10 +92,6 @@ export class GateTrainer {
     options: GateTrainOptions,
     onProgress?: (p: { step: number; steps: number; loss: number }) => void,
   ): Promise<GateTrainResult> {
-    const { steps } = options;
-    if (!(Number.isInteger(steps) && steps >= 1))
-      throw new InvalidInputError('trainGates', 'steps', `must be an integer >= 1, got ${steps}`);
-    if (rows.length === 0) throw new InvalidInputError('trainGates', 'rows', 'no training rows');
     const e = this.experts.length;
     const topK = options.topK ?? e;
     const temperature = options.temperature ?? 1;
@@ -138,36 +131,13 @@ export class GateTrainer {
       this.base,
     );
     const slots = slotTensors(this.backend.ort, layout, feeds);
-    const { Tensor } = this.backend.ort;
-    const withRouter = (): Record<string, ort.Tensor> => {
-      const out = { ...slots };
-      for (const g of layout.groups) {
-        const name = g.router as string;
-        out[name] = new Tensor('float32', params.get(name) as Float32Array, [g.modules.length * g.in, e]);
-      }
-      return out;
-    };
-
-    const optimizer = new AdamW(params, { lr: options.lr ?? 1e-2, weightDecay: 0 });
-    const random = seededRandom(options.seed ?? 0);
-    const batchSize = Math.min(rows.length, options.batchSize ?? 8);
-    const losses: number[] = [];
-    let skipped = 0;
-    for (let step = 0; step < steps; step++) {
-      await yieldToEventLoop();
-      if (options.signal?.aborted) throw options.signal.reason ?? new Error('aborted');
-      const picked = Array.from({ length: batchSize }, () => rows[Math.floor(random() * rows.length)]);
-      const scored = picked.reduce((n, r) => n + r.tokens.length - r.completionStart, 0);
-      const weights = new Float32Array(picked.length).fill(1 / scored);
-      const out = await session.run(makeBatch(picked), withRouter(), { weights });
-      const grads = new Map([...out.grads].map(([k, g]) => [k, Float32Array.from(g)]));
-      losses.push(out.loss);
-      if (allFinite(grads, out.loss)) {
-        clipGradNorm(grads, options.maxGradNorm ?? 1);
-        optimizer.step(grads);
-      } else skipped++;
-      onProgress?.({ step: step + 1, steps, loss: out.loss });
-    }
+    const inputs = new Map(
+      layout.groups.map((g) => [
+        g.router as string,
+        { data: params.get(g.router as string) as Float32Array, dims: [g.modules.length * g.in, e] },
+      ]),
+    );
+    const { losses, skipped } = await trainInputs(session, rows, slots, inputs, options, onProgress);
     return { weights: unpack(), losses, skipped };
   }
 
@@ -184,10 +154,14 @@ export class GateTrainer {
       { kind: 'gate', topK: options.topK ?? e, temperature: options.temperature, weights },
       this.base,
     );
-    const scored = rows.reduce((n, r) => n + r.tokens.length - r.completionStart, 0);
-    const out = await session.run(makeBatch(rows), slotTensors(this.backend.ort, layout, feeds), {
-      weights: new Float32Array(rows.length).fill(1 / scored),
-    });
+    const fixed = slotTensors(this.backend.ort, layout, feeds);
+    const inputs = new Map(
+      layout.groups.map((g) => {
+        const name = g.router as string;
+        return [name, { data: fixed[name].data as Float32Array, dims: [...fixed[name].dims] }];
+      }),
+    );
+    const out = await lossAndGradients(session, rows, fixed, inputs);
     const grads = new Map<string, Float32Array>();
     for (const g of layout.groups) {
       const packed = out.grads.get(g.router as string) as Float32Array;
