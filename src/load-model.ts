@@ -11,7 +11,7 @@ import { decodeModel, encodeModel, externalizeData, internalizeData } from './fo
 import { addAdapterSlots, WEBGPU_SPLIT_OUTPUTS, type SlotOptions } from './graph/adapter-slots.js';
 import { graphBaseModel } from './graph/base-weights.js';
 import { exposeHiddenState } from './graph/hidden-state.js';
-import { addUniPeltSlots } from './graph/unipelt-slots.js';
+import { addUniPeltSlots, uniPeltDims } from './graph/unipelt-slots.js';
 import {
   dequantizeWeights,
   dequantizedFormats,
@@ -87,17 +87,7 @@ export async function loadModelWithBase(
   const c = folder.config;
   const unipelt =
     slotted && slots && 'unipelt' in slots && slots.unipelt
-      ? addUniPeltSlots(
-          slotted.model,
-          {
-            layers: c.num_hidden_layers,
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-            kvHeads: c.num_key_value_heads,
-            headDim: c.hidden_size / c.num_attention_heads,
-          },
-          file,
-        )
+      ? addUniPeltSlots(slotted.model, uniPeltDims(c), file)
       : undefined;
   // A patched graph also outputs its last hidden state (prompt routing reads it).
   const patched = slotted && {

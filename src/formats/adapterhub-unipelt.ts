@@ -22,7 +22,13 @@
  */
 import { AdapterFormatError } from '../errors.js';
 import type { LlamaConfig } from './checkpoint.js';
-import { parseSafetensors, tensorToFloat32 } from './safetensors.js';
+import {
+  float32Entry,
+  parseSafetensors,
+  serializeSafetensors,
+  tensorToFloat32,
+  type SafetensorsEntry,
+} from './safetensors.js';
 
 export const ADAPTERHUB_CONFIG = 'adapter_config.json';
 export const ADAPTERHUB_WEIGHTS = 'adapter.safetensors';
@@ -195,4 +201,113 @@ export function parseAdapterHubUniPelt(
     if (!used.has(key))
       throw new AdapterFormatError(file, key, 'not a tensor of a UniPELT adapter on this base');
   return adapter;
+}
+
+/**
+ * The adapter as AdapterHub's files (adapter_config.json, adapter.safetensors), the prefix in its
+ * flat form (`flat: true`, `control_trans` [P · N · 2 · hidden]), for `adapters`' load_adapter.
+ */
+export function serializeAdapterHubUniPelt(
+  adapter: UniPeltAdapter,
+  base: LlamaConfig,
+): Map<string, Uint8Array> {
+  const n = adapter.name;
+  const d = base.hidden_size;
+  const tensors: [string, SafetensorsEntry][] = [];
+  const put = (name: string, data: Float32Array, shape: number[]) =>
+    tensors.push([name, float32Entry(data, shape)]);
+  if (adapter.prefix)
+    put(`model.prefix_tuning.prefix_tunings.${n}.self_prefix.control_trans`, adapter.prefix.states, [
+      adapter.prefix.states.length,
+    ]);
+  let r = 0;
+  let m = 0;
+  adapter.layers.forEach((layer, i) => {
+    for (const proj of ['q_proj', 'v_proj'] as const) {
+      const lora = layer.lora[proj];
+      if (!lora) continue;
+      r = lora.r;
+      const p = `model.layers.${i}.self_attn.${proj}.loras.${n}`;
+      put(`${p}.lora_A`, lora.a, [lora.r, d]);
+      put(`${p}.lora_B`, lora.b, [lora.b.length / lora.r, lora.r]);
+      put(`${p}.gate.weight`, lora.gateW, [1, d]);
+      put(`${p}.gate.bias`, Float32Array.of(lora.gateB), [1]);
+    }
+    if (layer.prefixGate) {
+      const g = `model.layers.${i}.self_attn.prefix_tuning.prefix_gates.${n}`;
+      put(`${g}.weight`, layer.prefixGate.w, [1, d]);
+      put(`${g}.bias`, Float32Array.of(layer.prefixGate.b), [1]);
+    }
+    const bn = layer.bottleneck;
+    if (bn) {
+      m = bn.size;
+      const b = `model.layers.${i}.output_adapters.adapters.${n}`;
+      put(`${b}.adapter_down.0.weight`, bn.down, [bn.size, d]);
+      put(`${b}.adapter_down.0.bias`, bn.downBias, [bn.size]);
+      put(`${b}.adapter_up.weight`, bn.up, [d, bn.size]);
+      put(`${b}.adapter_up.bias`, bn.upBias, [d]);
+      put(`${b}.gate.weight`, bn.gate.w, [1, d]);
+      put(`${b}.gate.bias`, Float32Array.of(bn.gate.b), [1]);
+    }
+  });
+  const config = {
+    config: {
+      architecture: 'union',
+      configs: [
+        ...(adapter.prefix
+          ? [
+              {
+                architecture: 'prefix_tuning',
+                flat: true,
+                prefix_length: adapter.prefix.length,
+                non_linearity: 'tanh',
+                shared_gating: true,
+                use_gating: true,
+              },
+            ]
+          : []),
+        ...(m
+          ? [
+              {
+                mh_adapter: false,
+                output_adapter: true,
+                reduction_factor: d / m,
+                non_linearity: 'relu',
+                original_ln_before: true,
+                original_ln_after: true,
+                residual_before_ln: true,
+                ln_before: false,
+                ln_after: false,
+                scaling: 1.0,
+                is_parallel: false,
+                use_gating: true,
+              },
+            ]
+          : []),
+        ...(r
+          ? [
+              {
+                architecture: 'lora',
+                r,
+                alpha: 2,
+                selfattn_lora: true,
+                intermediate_lora: false,
+                output_lora: false,
+                attn_matrices: ['q', 'v'],
+                composition_mode: 'add',
+                use_gating: true,
+              },
+            ]
+          : []),
+      ],
+    },
+    hidden_size: d,
+    model_class: 'LlamaForCausalLM',
+    model_type: 'llama',
+    name: n,
+  };
+  return new Map([
+    [ADAPTERHUB_CONFIG, new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`)],
+    [ADAPTERHUB_WEIGHTS, serializeSafetensors(tensors, { format: 'pt' })],
+  ]);
 }

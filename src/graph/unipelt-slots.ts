@@ -42,19 +42,39 @@ export const unipeltInputs = (layer: number) => ({
 });
 export const loraGateInput = (module: string): string => `unipelt.${module}.gate`;
 
-export interface UniPeltLayout {
+/** The model's dimensions the patch needs. */
+export interface UniPeltDims {
   layers: number;
   hidden: number;
   heads: number;
   kvHeads: number;
   headDim: number;
+}
+
+/** The dims of a Llama config. */
+export function uniPeltDims(c: {
+  num_hidden_layers: number;
+  hidden_size: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+}): UniPeltDims {
+  return {
+    layers: c.num_hidden_layers,
+    hidden: c.hidden_size,
+    heads: c.num_attention_heads,
+    kvHeads: c.num_key_value_heads,
+    headDim: c.hidden_size / c.num_attention_heads,
+  };
+}
+
+export interface UniPeltLayout extends UniPeltDims {
   /** The gated LoRA modules (HF names) and their input features. */
   lora: { module: string; in: number }[];
 }
 
 export function addUniPeltSlots(
   model: ModelProto,
-  dims: { layers: number; hidden: number; heads: number; kvHeads: number; headDim: number },
+  dims: UniPeltDims,
   file = 'model.onnx',
 ): { model: ModelProto; layout: UniPeltLayout } {
   const graph = model.graph;

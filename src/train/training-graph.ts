@@ -28,6 +28,7 @@ import { ModelFormatError } from '../errors.js';
 import { toStandardOps } from '../graph/standard-ops.js';
 import type { ModelProto } from '../formats/onnx/onnx_pb.js';
 import { addAdapterSlots, type SlotLayout, type SlotOptions } from '../graph/adapter-slots.js';
+import { addUniPeltSlots, type UniPeltDims } from '../graph/unipelt-slots.js';
 import { differentiate } from '../graph/autodiff/differentiate.js';
 import { GraphBuilder } from '../graph/builder.js';
 import { dequantizeWeights } from '../graph/dequantize-weights.js';
@@ -45,6 +46,8 @@ export interface TrainingGraphOptions {
    * `weights: 'inputs'` for pretraining, the past keys and values for prefix tuning).
    */
   train?: { lora?: boolean; scales?: boolean; prompt?: boolean; values?: readonly string[] };
+  /** UniPELT's gated parts on top of the slots (../graph/unipelt-slots.ts), with the model's dims. */
+  unipelt?: UniPeltDims;
 }
 
 export interface TrainingGraph {
@@ -60,10 +63,13 @@ export const LOSS = 'loss';
 export function buildTrainingGraph(base: ModelProto, options: TrainingGraphOptions): TrainingGraph {
   const dequantized = dequantizeWeights(base, { formats: QUANT_FORMATS, embedding: true }) ?? base;
   const float = toStandardOps(dequantized);
-  const { model: slotted, layout } =
+  const { model: adapted, layout: slotLayout } =
     options.slots === false
       ? { model: float, layout: { groups: [] } as SlotLayout }
       : addAdapterSlots(float, options.slots);
+  const unipelt = options.unipelt && addUniPeltSlots(adapted, options.unipelt);
+  const slotted = unipelt ? unipelt.model : adapted;
+  const layout: SlotLayout = unipelt ? { ...slotLayout, unipelt: unipelt.layout } : slotLayout;
 
   const g = GraphBuilder.extend(slotted);
   const p = '/loss';
