@@ -361,6 +361,16 @@ export class RemoteRuntime {
      */
     activateMixture: (spec: MixtureSpec): Promise<void> =>
       this.call(this.remote.adapters.activateMixture(spec)),
+    /**
+     * A UniPELT adapter (AdapterHub's adapter_config.json + adapter.safetensors): a folder URL or the
+     * two files' bytes. The model must be loaded with `slots: { unipelt: true }`.
+     */
+    activateUniPelt: (source: string | URL | { config: Uint8Array; weights: Uint8Array }): Promise<void> =>
+      this.call(
+        this.remote.adapters.activateUniPelt(
+          typeof source === 'string' || source instanceof URL ? absoluteUrl(source) : source,
+        ),
+      ),
     /** Example prompts of an added adapter, for per-request routing (`route`, generate's adapters: 'route'). */
     setExamples: (id: string, prompts: readonly string[]): Promise<void> =>
       this.call(this.remote.adapters.setExamples(id, prompts)),

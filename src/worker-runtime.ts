@@ -15,6 +15,8 @@ import type { Completion } from './engine/language-model.js';
 import { readJson, type FileSource } from './formats/files.js';
 import type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions, Runtime } from './runtime.js';
 import type { RouteChoice, RouteOptions } from './mixtures/prompt-router.js';
+import { ADAPTERHUB_CONFIG, ADAPTERHUB_WEIGHTS } from './formats/adapterhub-unipelt.js';
+import { FetchError } from './store/errors.js';
 import type { AdapterCatalog, CatalogEntry, InstalledAdapter } from './adapter-catalog.js';
 import type { StoreUsage } from './store/adapter-store.js';
 import type { FetchProgress } from './store/fetch.js';
@@ -388,6 +390,20 @@ export class RuntimeWorker {
     activateMixture: async (spec: MixtureSpec): Promise<void> => {
       await this.rt().adapters.activateMixture(spec);
     },
+    /** A UniPELT adapter in AdapterHub's format: a folder URL or its two files' bytes. */
+    activateUniPelt: async (source: string | { config: Uint8Array; weights: Uint8Array }): Promise<void> => {
+      const folder = typeof source === 'string' && !source.endsWith('/') ? `${source}/` : source;
+      const files =
+        typeof folder === 'string'
+          ? {
+              config: new Uint8Array(await (await fetchOk(new URL(ADAPTERHUB_CONFIG, folder))).arrayBuffer()),
+              weights: new Uint8Array(
+                await (await fetchOk(new URL(ADAPTERHUB_WEIGHTS, folder))).arrayBuffer(),
+              ),
+            }
+          : folder;
+      await this.rt().adapters.activateUniPelt(files);
+    },
     setExamples: (id: string, prompts: readonly string[]): Promise<void> =>
       this.exclusive(() => this.rt().adapters.setExamples(id, prompts)),
     route: (prompt: string, options?: RouteOptions): Promise<RouteChoice[]> =>
@@ -436,4 +452,10 @@ export class RuntimeWorker {
     await this.runtime?.release();
     this.runtime = undefined;
   }
+}
+
+async function fetchOk(url: URL): Promise<Response> {
+  const response = await fetch(url);
+  if (!response.ok) throw new FetchError(url.href, `HTTP ${response.status}`, response.status);
+  return response;
 }

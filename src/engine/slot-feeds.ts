@@ -6,7 +6,12 @@ import type * as ort from 'onnxruntime-web';
 import type { OrtApi } from './backend.js';
 import type { SlotLayout } from '../graph/adapter-slots.js';
 import type { AdapterFeeds, UniPeltFeeds } from '../methods/feeds.js';
-import { loraGateInput, unipeltInputs, type UniPeltLayout } from '../graph/unipelt-slots.js';
+import {
+  loraGateInput,
+  UNIPELT_PREFIX_MASK,
+  unipeltInputs,
+  type UniPeltLayout,
+} from '../graph/unipelt-slots.js';
 import { IncompatibleAdapterError } from '../errors.js';
 
 /**
@@ -104,7 +109,7 @@ export function slotTensors(
       'unipelt',
       'UniPELT needs a graph loaded with slots: { unipelt: true }',
     );
-  if (layout.unipelt) Object.assign(out, uniPeltTensors(ortApi, layout.unipelt, unipelt));
+  if (layout.unipelt) Object.assign(out, uniPeltTensors(ortApi, layout.unipelt, unipelt, minRank > 0));
   if (layout.prompt) {
     const { hidden, input } = layout.prompt;
     const prompt = feeds?.prompt;
@@ -138,6 +143,7 @@ function uniPeltTensors(
   ortApi: OrtApi,
   layout: UniPeltLayout,
   feeds: UniPeltFeeds | undefined,
+  noEmpty: boolean,
 ): Record<string, ort.Tensor> {
   const { Tensor } = ortApi;
   const out: Record<string, ort.Tensor> = {};
@@ -151,21 +157,43 @@ function uniPeltTensors(
     out[loraGateInput(module)] = new Tensor('float32', g, [inF + 1, 1]);
   }
   const d = layout.hidden;
+  const lengths = new Set((feeds?.layers ?? []).flatMap((e) => (e.prefix ? [e.prefix.length] : [])));
+  if (lengths.size > 1)
+    throw new IncompatibleAdapterError(
+      'adapter',
+      'prefix',
+      `prefix lengths differ between layers: ${[...lengths].join(', ')}`,
+    );
+  const used = [...lengths][0] ?? 0;
+  // With no prefix, WebGPU gets one masked position (its buffers cannot be empty).
+  const P = used === 0 && noEmpty ? 1 : used;
+  const mask = new Float32Array(P);
+  if (used === 0) mask.fill(MASKED);
+  out[UNIPELT_PREFIX_MASK] = new Tensor('float32', mask, [P]);
+  const kvSize = layout.heads * P * layout.headDim;
   for (let l = 0; l < layout.layers; l++) {
     const names = unipeltInputs(l);
     const entry = feeds?.layers[l];
-    const P = entry?.prefix?.length ?? 0;
+    const prefix = entry?.prefix;
+    if (used > 0 && !prefix)
+      throw new IncompatibleAdapterError(
+        'adapter',
+        `layers.${l}.prefix`,
+        'a prefix on some layers only is not supported',
+      );
     const kv = [layout.heads, P, layout.headDim];
-    out[names.prefixKeys] = new Tensor('float32', entry?.prefix?.keys ?? new Float32Array(0), kv);
-    out[names.prefixValues] = new Tensor('float32', entry?.prefix?.values ?? new Float32Array(0), kv);
-    out[names.prefixGate] = new Tensor('float32', entry?.prefix?.gate ?? new Float32Array(d + 1), [d + 1, 1]);
-    const m = entry?.bottleneck?.size ?? 0;
-    out[names.down] = new Tensor('float32', entry?.bottleneck?.down ?? new Float32Array(0), [d + 1, m]);
-    out[names.up] = new Tensor('float32', entry?.bottleneck?.up ?? new Float32Array(d), [m + 1, d]);
-    out[names.bottleneckGate] = new Tensor('float32', entry?.bottleneck?.gate ?? new Float32Array(d + 1), [
-      d + 1,
-      1,
-    ]);
+    out[names.prefixKeys] = new Tensor('float32', prefix?.keys ?? new Float32Array(kvSize), kv);
+    out[names.prefixValues] = new Tensor('float32', prefix?.values ?? new Float32Array(kvSize), kv);
+    out[names.prefixGate] = new Tensor('float32', prefix?.gate ?? new Float32Array(d + 1), [d + 1, 1]);
+    // No bottleneck: size 0, or on WebGPU one unit of zeros (relu(0) · 0 = 0 exactly).
+    const m = entry?.bottleneck?.size ?? (noEmpty ? 1 : 0);
+    const bn = entry?.bottleneck;
+    out[names.down] = new Tensor('float32', bn?.down ?? new Float32Array((d + 1) * m), [d + 1, m]);
+    out[names.up] = new Tensor('float32', bn?.up ?? new Float32Array((m + 1) * d), [m + 1, d]);
+    out[names.bottleneckGate] = new Tensor('float32', bn?.gate ?? new Float32Array(d + 1), [d + 1, 1]);
   }
   return out;
 }
+
+/** float32's lowest: a masked attention score. */
+const MASKED = -3.4028234663852886e38;

@@ -12,7 +12,8 @@
  *
  * A gate input is [in + 1, 1] (weights, then the bias): g = mean over the call's tokens of
  * σ([x, 1] · gate), one number per sequence. Off: a gate whose bias is +100 (σ = 1 in float32) on
- * the LoRA branch (which rank 0 already zeroes), m = 0, P = 0. One input per module and layer, not
+ * the LoRA branch (which rank 0 already zeroes), m = 0, P = 0 (on WebGPU, which binds no empty
+ * buffer: m = 1 of zeros, and P = 1 masked by `unipelt.prefix_mask`). One input per module and layer, not
  * packed by kind: this is an opt-in graph (`slots: { unipelt: true }`), and its ~6 inputs per layer
  * cost what ./adapter-slots.ts says inputs cost.
  */
@@ -41,6 +42,12 @@ export const unipeltInputs = (layer: number) => ({
   bottleneckGate: `unipelt.${layer}.bottleneck_gate`,
 });
 export const loraGateInput = (module: string): string => `unipelt.${module}.gate`;
+/**
+ * [P]: 0 on the prefix positions in use, float32's lowest on a padding one. Shared by the layers
+ * (AdapterHub's prefix has one length). WebGPU cannot bind empty buffers, so with no prefix there
+ * it gets one masked position (exactly 0 after the softmax) instead of none.
+ */
+export const UNIPELT_PREFIX_MASK = 'unipelt.prefix_mask';
 
 /** The model's dimensions the patch needs. */
 export interface UniPeltDims {
@@ -152,6 +159,7 @@ export function addUniPeltSlots(
   };
 
   const lora: UniPeltLayout['lora'] = [];
+  inputs.push(valueInfo(UNIPELT_PREFIX_MASK, 'float32', ['prefix_length']));
   for (let l = 0; l < dims.layers; l++) {
     const names = unipeltInputs(l);
     // Gated LoRA on q_proj and v_proj: the branch (x · A) · B times g.
@@ -177,8 +185,8 @@ export function addUniPeltSlots(
     const q = need(`${p}/q_Scale`).output[0]; // [b, kv, rep, s, hd], scaled
     const qProj = need(`${p}/q_proj/lora_A/MatMul`).input[0]; // the attention's input
     inputs.push(
-      valueInfo(names.prefixKeys, 'float32', [dims.heads, `prefix_length_${l}`, dims.headDim]),
-      valueInfo(names.prefixValues, 'float32', [dims.heads, `prefix_length_${l}`, dims.headDim]),
+      valueInfo(names.prefixKeys, 'float32', [dims.heads, 'prefix_length', dims.headDim]),
+      valueInfo(names.prefixValues, 'float32', [dims.heads, 'prefix_length', dims.headDim]),
       valueInfo(names.prefixGate, 'float32', [dims.hidden + 1, 1]),
     );
     const out: NodeProto[] = [];
@@ -197,10 +205,14 @@ export function addUniPeltSlots(
     );
     const scores = node('MatMul', `${p}/prefix/MatMul`, [q, keysT.output[0]]); // [b, kv, rep, s, P]
     const gatedScores = node('Mul', `${p}/prefix/scores_gated`, [scores.output[0], g5.output[0]]);
+    const maskedScores = node('Add', `${p}/prefix/scores_masked`, [
+      gatedScores.output[0],
+      UNIPELT_PREFIX_MASK,
+    ]);
     const all = node(
       'Concat',
       `${p}/prefix/Concat`,
-      [gatedScores.output[0], softmax.input[0]],
+      [maskedScores.output[0], softmax.input[0]],
       [attribute('axis', -1)],
     );
     const probs = node('Softmax', `${p}/prefix/Softmax`, [all.output[0]], [attribute('axis', -1)]);
@@ -239,6 +251,7 @@ export function addUniPeltSlots(
       keysT,
       scores,
       gatedScores,
+      maskedScores,
       all,
       probs,
       pShape,

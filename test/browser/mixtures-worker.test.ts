@@ -1,8 +1,9 @@
 /**
- * Mixtures of experts in the worker, in headless Chromium, against Node's Runtime on the same files:
- * a token-level Arrow mixture of three LoRA experts on wasm and on WebGPU (its router's ops:
- * Abs, Greater, Cast, ReduceSum, Less, Where, Softmax), and per-request routing with a blend made for
- * one request.
+ * Mixtures and gated combinations in the worker, in headless Chromium, against Node's Runtime on the
+ * same files: a token-level Arrow mixture of three LoRA experts on wasm and on WebGPU (its router's
+ * ops: Abs, Greater, Cast, ReduceSum, Less, Where, Softmax), per-request routing with a blend made for
+ * one request, and UniPELT in AdapterHub's format on wasm and WebGPU (where the parts that are off
+ * are one masked prefix position and one zero bottleneck unit, not empty tensors).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -11,6 +12,7 @@ import { fixture } from '../fixtures.js';
 import { main } from '../../src/cli.js';
 import { Runtime } from '../../src/runtime.js';
 import { makeLoraAdapter } from '../helpers/peft-fixtures.js';
+import { adapterHubFiles } from '../helpers/adapterhub-fixtures.js';
 import { startHarness, type Harness } from './harness.js';
 
 const EXPERTS = ['e11', 'e12', 'e13'];
@@ -40,6 +42,10 @@ beforeAll(async () => {
       ],
       () => undefined,
     );
+    mkdirSync(path.join(work, 'unipelt'), { recursive: true });
+    const uni = adapterHubFiles({ lora: true, prefix: true, bottleneck: true });
+    writeFileSync(path.join(work, 'unipelt', 'adapter_config.json'), JSON.stringify(uni.config));
+    writeFileSync(path.join(work, 'unipelt', 'adapter.safetensors'), uni.weights);
     EXPERTS.forEach((id, i) => {
       mkdirSync(path.join(work, 'adapters', id), { recursive: true });
       for (const [name, bytes] of makeLoraAdapter({ seed: 11 + i, r: 4, scale: 0.1 }))
@@ -115,4 +121,38 @@ describe('per-request routing in the worker', () => {
     }
     await h.page.evaluate(() => window.edge.release('route'));
   });
+});
+
+describe('UniPELT in the worker', () => {
+  for (const [backend, tolerance] of [
+    ['wasm', 1e-4],
+    ['webgpu', 1e-3],
+  ] as const) {
+    it(`on ${backend}: Node's logits with UniPELT active, and with a plain LoRA on the UniPELT graph`, async () => {
+      const uni = await Runtime.create({ model: modelDir, slots: { unipelt: true } });
+      const key = `uni-${backend}`;
+      try {
+        await uni.adapters.activateUniPelt(adapterHubFiles({ lora: true, prefix: true, bottleneck: true }));
+        const want = await uni.logits(TOKENS);
+        await uni.adapters.add('e11', path.join(h.work, 'adapters', 'e11'));
+        await uni.adapters.activate('e11');
+        const wantLora = await uni.logits(TOKENS);
+        await h.page.evaluate(
+          ([k, b]) => window.edge.load(k, { model: '/served/model/', backend: b, slots: { unipelt: true } }),
+          [key, backend] as const,
+        );
+        await h.page.evaluate((k) => window.edge.activateUniPelt(k, '/served/unipelt/'), key);
+        expect(
+          maxDiff(await h.page.evaluate(([k, t]) => window.edge.logits(k, t), [key, TOKENS] as const), want),
+        ).toBeLessThan(tolerance);
+        await h.page.evaluate((k) => window.edge.addAdapter(k, 'e11', '/served/adapters/e11/'), key);
+        await h.page.evaluate((k) => window.edge.activate(k, 'e11'), key);
+        const got = await h.page.evaluate(([k, t]) => window.edge.logits(k, t), [key, TOKENS] as const);
+        expect(maxDiff(got, wantLora)).toBeLessThan(tolerance);
+      } finally {
+        await uni.release();
+        await h.page.evaluate((k) => window.edge.release(k), key);
+      }
+    });
+  }
 });
