@@ -100,11 +100,9 @@ export function addUniPeltSlots(
   const replaced = new Map<NodeProto, NodeProto[]>();
   const inputs: ValueInfoProto[] = [];
   const initializers = [
-    tensorProto('/unipelt/one', Float32Array.of(1), [1]),
     int64('/unipelt/axis_seq', [1]),
     int64('/unipelt/start', [0]),
     int64('/unipelt/minus_one', [-1]),
-    int64('/unipelt/axis_last', [-1]),
   ];
   const ints = new Map<string, number[]>();
   /** An int64 constant's initializer name (added once). */
