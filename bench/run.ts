@@ -3,7 +3,7 @@
  * backend, with ratios to a baseline measured in the same run (interleaved or paired, never from
  * another run). Progress goes to stderr, the report to stdout.
  *
- *   npm run bench                               # all parts (about 80 minutes on 2 cores)
+ *   npm run bench                               # all parts (about 90 minutes on 2 cores)
  *   npm run bench -- --only throughput          # one part, or several: --only swap,decode
  *   npm run bench -- --quick                    # fewer rounds: a smoke run
  *
@@ -17,6 +17,8 @@
  *   quant (qlora)          issue 5: quantized bases — kernels per backend; disk, memory, decode tok/s
  *                          of fp32 / int8 / int4 / nf4 with a LoRA active, in Node and Chromium
  *   train                  ms per training step and memory against one forward, Node and Chromium
+ *   mixtures               decode cost of k active experts (an Arrow mixture of 4 LoRA, top 1/2/4)
+ *                          and of static blends against one adapter, per backend; per-request routing
  *
  * Options: --models stories260K,smollm2-135m (throughput, browser)  --threads 1,2 (all; swap uses
  * the first; decode defaults to 1)  --rounds N (throughput, browser)  --steps N (decode pairs)
@@ -34,10 +36,11 @@ import { overheadWorker, runOverhead, type OverheadSpec } from './decode-overhea
 import { runSlotReads } from './slot-reads.js';
 import { QUANT_PARTS, quantWorker, runQuant, type QuantSpec } from './quant.js';
 import { runTrain, trainWorker, type TrainSpec } from './train.js';
+import { mixturesWorker, runMixtures, type MixturesSpec } from './mixtures.js';
 import { machineLine, progress } from './lib/report.js';
 import type { ModelName } from './lib/models.js';
 
-const PARTS = ['throughput', 'swap', 'decode', 'browser', 'store', 'quant', 'train'] as const;
+const PARTS = ['throughput', 'swap', 'decode', 'browser', 'store', 'quant', 'train', 'mixtures'] as const;
 type Part = (typeof PARTS)[number];
 const ALIASES: Record<string, Part> = {
   adapters: 'swap',
@@ -53,6 +56,7 @@ async function worker(kind: string, spec: string): Promise<void> {
   if (kind === 'overhead') return overheadWorker(JSON.parse(spec) as OverheadSpec);
   if (kind === 'quant') return quantWorker(JSON.parse(spec) as QuantSpec);
   if (kind === 'train') return trainWorker(JSON.parse(spec) as TrainSpec);
+  if (kind === 'mixtures') return mixturesWorker(JSON.parse(spec) as MixturesSpec);
   throw new Error(`unknown worker kind ${kind}`);
 }
 
@@ -72,7 +76,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser,store,quant,train] [--quick] [--models stories260K,smollm2-135m]\n' +
+      'usage: tsx bench/run.ts [--only throughput,swap,decode,browser,store,quant,train,mixtures] [--quick] [--models stories260K,smollm2-135m]\n' +
         '                        [--threads 1,2] [--rounds N] [--steps N] [--with-slots] [--quant-parts kernels,node,chromium]',
     );
     return;
@@ -136,6 +140,7 @@ async function main(): Promise<void> {
     }),
   );
   await timed('train', () => runTrain({ models, threads, rounds: rounds ?? (quick ? 2 : 7), quick }));
+  await timed('mixtures', () => runMixtures({ quick }));
   progress(`done in ${((performance.now() - t0) / 60000).toFixed(1)} min`);
 }
 
