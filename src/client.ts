@@ -362,6 +362,21 @@ export class RemoteRuntime {
     activateMixture: (spec: MixtureSpec): Promise<void> =>
       this.call(this.remote.adapters.activateMixture(spec)),
     /**
+     * X-LoRA (PEFT's XLORA adapter_config.json + adapter_model.safetensors: a folder URL or bytes)
+     * over added LoRA experts, in its config's order; the model must be loaded with
+     * `slots: { router: 'given' }`.
+     */
+    activateXLora: (
+      source: string | URL | { config: Uint8Array; weights: Uint8Array },
+      experts: readonly string[],
+    ): Promise<void> =>
+      this.call(
+        this.remote.adapters.activateXLora(
+          typeof source === 'string' || source instanceof URL ? absoluteUrl(source) : source,
+          experts,
+        ),
+      ),
+    /**
      * A UniPELT adapter (AdapterHub's adapter_config.json + adapter.safetensors): a folder URL or the
      * two files' bytes. The model must be loaded with `slots: { unipelt: true }`.
      */

@@ -39,6 +39,7 @@ import { AdapterFormatError, InvalidInputError } from './errors.js';
 import { mixtureFeeds, type MixtureRouter } from './mixtures/expert-feeds.js';
 import { parseAdapterHubUniPelt, type UniPeltAdapter } from './formats/adapterhub-unipelt.js';
 import { uniPeltFeeds } from './methods/unipelt.js';
+import { parseXLora, XLoraDriver, xloraFeeds, type XLoraAdapter } from './mixtures/xlora.js';
 import {
   PromptRouter,
   promptEmbedding,
@@ -222,6 +223,42 @@ export class AdapterRegistry {
     this.model.session.setAdapter(mixtureFeeds(experts, spec.router, this.base));
     this.current = spec.experts.map((id) => ({ id }));
     this.mixture = { experts: [...spec.experts], router: spec.router };
+  }
+
+  /**
+   * Makes an X-LoRA mixture active from the next request: its classifier (PEFT's XLORA files,
+   * src/mixtures/xlora.ts) over added LoRA experts, in the order of its config's `adapters`. Needs a
+   * model loaded with `slots: { router: 'given' }`; every forward call runs a scaling pass first.
+   */
+  async activateXLora(
+    source: XLoraAdapter | { config: Uint8Array | object; weights: Uint8Array },
+    experts: readonly string[],
+  ): Promise<void> {
+    const x = 'classifier' in source ? source : parseXLora(source);
+    const names = Object.keys(x.config.adapters);
+    if (names.length !== experts.length)
+      throw new InvalidInputError(
+        'activateXLora',
+        'experts',
+        `the X-LoRA config names ${names.length} experts (${names.join(', ')}); got ${experts.length}`,
+      );
+    const adapters = experts.map((id) => {
+      const a = this.loaded.get(id);
+      if (!a) throw new InvalidInputError('activateXLora', id, 'no adapter with this id');
+      return a;
+    });
+    const session = this.model.session;
+    if (session.slots?.router?.kind !== 'given')
+      throw new InvalidInputError(
+        'activateXLora',
+        'router',
+        "X-LoRA needs a model loaded with slots: { router: 'given' }",
+      );
+    const scalingPass = session.prepare(xloraFeeds(x, adapters, this.base, x.config.scaling_pass_value));
+    const driver = new XLoraDriver(x, session, session.slots, scalingPass, adapters, this.base);
+    session.setAdapter(xloraFeeds(x, adapters, this.base), driver);
+    this.current = experts.map((id) => ({ id }));
+    this.mixture = undefined;
   }
 
   /**

@@ -390,6 +390,25 @@ export class RuntimeWorker {
     activateMixture: async (spec: MixtureSpec): Promise<void> => {
       await this.rt().adapters.activateMixture(spec);
     },
+    /** X-LoRA: PEFT's XLORA files (bytes or a folder URL) over added LoRA experts. */
+    activateXLora: async (
+      source: string | { config: Uint8Array; weights: Uint8Array },
+      experts: readonly string[],
+    ): Promise<void> => {
+      const folder = typeof source === 'string' && !source.endsWith('/') ? `${source}/` : source;
+      const files =
+        typeof folder === 'string'
+          ? {
+              config: new Uint8Array(
+                await (await fetchOk(new URL('adapter_config.json', folder))).arrayBuffer(),
+              ),
+              weights: new Uint8Array(
+                await (await fetchOk(new URL('adapter_model.safetensors', folder))).arrayBuffer(),
+              ),
+            }
+          : folder;
+      await this.rt().adapters.activateXLora(files, experts);
+    },
     /** A UniPELT adapter in AdapterHub's format: a folder URL or its two files' bytes. */
     activateUniPelt: async (source: string | { config: Uint8Array; weights: Uint8Array }): Promise<void> => {
       const folder = typeof source === 'string' && !source.endsWith('/') ? `${source}/` : source;

@@ -30,6 +30,17 @@ export interface ExternalDataFile {
   data: Uint8Array;
 }
 
+/**
+ * Feeds computed for each forward call from its tokens (X-LoRA's scalings, from a scaling pass of
+ * the base): `prepare` runs before the call, `after` learns the cache the call made.
+ */
+export interface PerCallFeeds {
+  prepare(
+    tokens: readonly number[],
+    cache: KvCache,
+  ): Promise<{ feeds: Record<string, ort.Tensor>; after(next: KvCache): void }>;
+}
+
 /** The active adapter as the session feeds it; a request keeps the one it started with. */
 export interface Conditioning {
   slots: Record<string, ort.Tensor>;
@@ -37,6 +48,7 @@ export interface Conditioning {
   virtualTokens: number[];
   /** Prefix tuning: the cache every request starts from. */
   prefix?: KvCache;
+  perCall?: PerCallFeeds;
 }
 
 export class DecoderSession {
@@ -118,9 +130,9 @@ export class DecoderSession {
    * Makes `feeds` the active adapter (undefined = the base) from the next forward on. Everything is
    * built before anything changes: on an error the previous adapter stays active.
    */
-  setAdapter(feeds: AdapterFeeds | undefined): void {
+  setAdapter(feeds: AdapterFeeds | undefined, perCall?: PerCallFeeds): void {
     const replaced = this.conditioning;
-    this.conditioning = this.prepare(feeds);
+    this.conditioning = { ...this.prepare(feeds), ...(perCall ? { perCall } : {}) };
     if (!this.users.has(replaced)) disposeAll(replaced.slots);
   }
 
@@ -169,6 +181,11 @@ export class DecoderSession {
   /** WebGPU cannot bind the empty buffers of rank-0 slots: feed rank 1 of zeros there instead. */
   private get minRank(): number {
     return this.backend.name === 'webgpu' ? 1 : 0;
+  }
+
+  /** The onnxruntime API the session runs on (to make tensors for it). */
+  get ort(): Backend['ort'] {
+    return this.backend.ort;
   }
 
   /** The active adapter (to inspect; a request holds it with `begin`). */
@@ -260,6 +277,8 @@ export class DecoderSession {
     }
     for (const [name, tensor] of cache.tensors) feeds[name] = tensor;
     Object.assign(feeds, slots);
+    const call = conditioning.perCall && (await conditioning.perCall.prepare(tokens, cache));
+    if (call) Object.assign(feeds, call.feeds);
 
     if (options.hidden && !this.session.outputNames.includes(LAST_HIDDEN_STATE)) {
       throw new InvalidInputError(
@@ -290,6 +309,7 @@ export class DecoderSession {
       );
     }
     const result = { logits, cache: { length: total, tensors: next } };
+    call?.after(result.cache);
     return options.hidden ? { ...result, hidden: out[LAST_HIDDEN_STATE].data as Float32Array } : result;
   }
 

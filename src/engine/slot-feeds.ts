@@ -77,9 +77,16 @@ export function slotTensors(
     out[g.b] = new Tensor('float32', b, [n * rank, g.out]);
     if (g.scaleIn && scaleIn) out[g.scaleIn] = new Tensor('float32', scaleIn, [n * g.in]);
     if (g.scaleOut && scaleOut) out[g.scaleOut] = new Tensor('float32', scaleOut, [n * g.out]);
-    if (g.router && routerWeights) out[g.router] = new Tensor('float32', routerWeights, [n * g.in, experts]);
+    if (g.router && layout.router?.kind === 'given') {
+      // X-LoRA's scalings are fed per call; between calls (and for a plain adapter) every
+      // coefficient is 1, broadcast over the batch and the sequence.
+      const c = router?.constant ?? 1;
+      out[g.router] = new Tensor('float32', new Float32Array(n * experts).fill(c), [1, 1, n, experts]);
+    } else if (g.router && routerWeights) {
+      out[g.router] = new Tensor('float32', routerWeights, [n * g.in, experts]);
+    }
   }
-  if (layout.router) {
+  if (layout.router && layout.router.kind !== 'given') {
     const topK = router?.topK ?? 1;
     const temperature = router?.temperature ?? 1;
     if (!(Number.isInteger(topK) && topK >= 1 && topK <= experts))

@@ -61,6 +61,7 @@ import {
   ROUTER_TEMPERATURE,
   ROUTER_TOP_K,
   expertShapeNodes,
+  moduleIndex,
   routeExperts,
   routerInput,
   topKNode,
@@ -92,7 +93,8 @@ export interface SlotOptions {
   maxSplitOutputs?: number;
   /**
    * Token-level routing over LoRA experts (./expert-router.ts): 'arrow' (|x · prototype|, PEFT's
-   * Arrow) or 'gate' (a learned linear gate per module). Default: none (one LoRA branch, no router).
+   * Arrow), 'gate' (a learned linear gate per module), or 'given' (the coefficients are fed per call,
+   * X-LoRA's scalings). Default: none (one LoRA branch, no router).
    */
   router?: RouterKind;
   /**
@@ -114,7 +116,10 @@ export interface SlotGroup {
   b: string;
   scaleIn?: string;
   scaleOut?: string;
-  /** `router.{kind}` [modules * in, experts], when the slots route over experts. */
+  /**
+   * `router.{kind}`: [modules * in, experts] for 'arrow' and 'gate'; [batch, seq, modules, experts]
+   * of coefficients for 'given'.
+   */
   router?: string;
 }
 
@@ -221,7 +226,8 @@ export function addAdapterSlots(
         router: options.router,
         x,
         z,
-        weights: block(group.router, k),
+        weights: options.router === 'given' ? group.router : block(group.router, k),
+        index: k,
         expertShape: expertShape(kind),
       });
       nodes.push(...routed.nodes);
@@ -333,21 +339,30 @@ export function addAdapterSlots(
       newInputs.push(valueInfo(scale, 'float32', [n * size]));
       splitBlocks(scale, n, rows(size));
     }
-    if (g.router) {
+    if (g.router && options.router === 'given') {
+      newInputs.push(valueInfo(g.router, 'float32', ['batch_size', 'sequence_length', n, 'experts']));
+      reads.push(...expertShapeNodes(g.kind, 3).nodes);
+    } else if (g.router) {
       newInputs.push(valueInfo(g.router, 'float32', [n * g.in, 'experts']));
       splitBlocks(g.router, n, rows(g.in));
-      reads.push(...expertShapeNodes(g.kind).nodes);
+      reads.push(...expertShapeNodes(g.kind, 1).nodes);
     }
   }
-  if (options.router) {
+  if (options.router && options.router !== 'given') {
     newInputs.push(valueInfo(ROUTER_TOP_K, 'int64', [1]), valueInfo(ROUTER_TEMPERATURE, 'float32', [1]));
     reads.push(topKNode());
+  }
+  if (options.router) {
     for (const c of Object.values(ROUTER_CONSTANTS)) {
       graph.initializer.push(
         'float' in c
           ? floatTensor(c.name, [...c.float], [...c.dims])
           : int64Tensor(c.name, [...c.ints], [...c.dims]),
       );
+    }
+    if (options.router === 'given') {
+      const widest = Math.max(0, ...[...groups.values()].map((g) => g.modules.length));
+      for (let k = 0; k < widest; k++) graph.initializer.push(int64Tensor(moduleIndex(k), [k], []));
     }
   }
 

@@ -29,7 +29,7 @@ import { create } from '@bufbuild/protobuf';
 import { NodeProtoSchema, type NodeProto } from '../formats/onnx/onnx_pb.js';
 import { attribute } from './builder.js';
 
-export type RouterKind = 'arrow' | 'gate';
+export type RouterKind = 'arrow' | 'gate' | 'given';
 
 export const ROUTER_TOP_K = 'router_top_k';
 export const ROUTER_TEMPERATURE = 'router_temperature';
@@ -47,17 +47,21 @@ export const ROUTER_CONSTANTS = {
   expertShapePrefix: { name: '/router/shape_prefix', ints: [0, 0], dims: [2] },
   minusOne: { name: '/router/minus_one', ints: [-1], dims: [1] },
   one: { name: '/router/one', ints: [1], dims: [1] },
+  three: { name: '/router/three', ints: [3], dims: [1] },
 } as const;
 
 const node = (opType: string, name: string, input: string[], attrs: NodeProto['attribute'] = []) =>
   create(NodeProtoSchema, { opType, name, input, output: [`${name}_output_0`], attribute: attrs });
 
-/** Nodes shared by the modules of a kind: [0, 0, E, -1], the shape that exposes the experts of z. */
-export function expertShapeNodes(kind: string): { nodes: NodeProto[]; shape: string } {
+/**
+ * Nodes shared by the modules of a kind: [0, 0, E, -1], the shape that exposes the experts of z; E
+ * is axis `axis` of the kind's router input.
+ */
+export function expertShapeNodes(kind: string, axis: 1 | 3): { nodes: NodeProto[]; shape: string } {
   const c = ROUTER_CONSTANTS;
   const p = `/router/${kind}`;
   const shape = node('Shape', `${p}/Shape`, [routerInput(kind)]);
-  const experts = node('Gather', `${p}/experts`, [shape.output[0], c.one.name]);
+  const experts = node('Gather', `${p}/experts`, [shape.output[0], axis === 1 ? c.one.name : c.three.name]);
   const expertShape = create(NodeProtoSchema, {
     opType: 'Concat',
     name: `${p}/expert_shape`,
@@ -86,8 +90,10 @@ export function routeExperts(opts: {
   x: string;
   /** x · A [batch, seq, E·r]. */
   z: string;
-  /** The module's router block R [in, E]. */
+  /** The module's router block R [in, E]; for 'given', the kind's coefficients [b, s, modules, E]. */
   weights: string;
+  /** The module's index in its kind ('given': which coefficients are its). */
+  index: number;
   /** [0, 0, E, -1] from expertShapeNodes. */
   expertShape: string;
 }): { nodes: NodeProto[]; gated: string } {
@@ -99,18 +105,24 @@ export function routeExperts(opts: {
     nodes.push(n);
     return n.output[0];
   };
-  const dot = add('MatMul', 'MatMul', [opts.x, opts.weights]);
-  const scores = opts.router === 'arrow' ? add('Abs', 'Abs', [dot]) : dot;
-  // Kept: fewer than k experts score strictly higher.
-  const column = add('Unsqueeze', 'column', [scores, c.lastAxis.name]); // [b, s, E, 1]: s_e
-  const row = add('Unsqueeze', 'row', [scores, c.secondLastAxis.name]); // [b, s, 1, E]: s_j
-  const higher = add('Greater', 'Greater', [row, column]); // [b, s, E, E]: s_j > s_e
-  const count = add('Cast', 'Cast', [higher], [attribute('to', 1 /* FLOAT */)]);
-  const above = add('ReduceSum', 'ReduceSum', [count, c.lastAxis.name], [attribute('keepdims', 0)]);
-  const kept = add('Less', 'Less', [above, topKFloat]);
-  const scaled = add('Div', 'Div', [scores, ROUTER_TEMPERATURE]);
-  const masked = add('Where', 'Where', [kept, scaled, c.masked.name]);
-  const coefficients = add('Softmax', 'Softmax', [masked], [attribute('axis', -1)]);
+  let coefficients: string;
+  if (opts.router === 'given') {
+    // X-LoRA: this module's coefficients, computed outside the graph for the call's tokens.
+    coefficients = add('Gather', 'Gather', [opts.weights, moduleIndex(opts.index)], [attribute('axis', 2)]);
+  } else {
+    const dot = add('MatMul', 'MatMul', [opts.x, opts.weights]);
+    const scores = opts.router === 'arrow' ? add('Abs', 'Abs', [dot]) : dot;
+    // Kept: fewer than k experts score strictly higher.
+    const column = add('Unsqueeze', 'column', [scores, c.lastAxis.name]); // [b, s, E, 1]: s_e
+    const row = add('Unsqueeze', 'row', [scores, c.secondLastAxis.name]); // [b, s, 1, E]: s_j
+    const higher = add('Greater', 'Greater', [row, column]); // [b, s, E, E]: s_j > s_e
+    const count = add('Cast', 'Cast', [higher], [attribute('to', 1 /* FLOAT */)]);
+    const above = add('ReduceSum', 'ReduceSum', [count, c.lastAxis.name], [attribute('keepdims', 0)]);
+    const kept = add('Less', 'Less', [above, topKFloat]);
+    const scaled = add('Div', 'Div', [scores, ROUTER_TEMPERATURE]);
+    const masked = add('Where', 'Where', [kept, scaled, c.masked.name]);
+    coefficients = add('Softmax', 'Softmax', [masked], [attribute('axis', -1)]);
+  }
   // z [b, s, E·r] -> [b, s, E, r], times c [b, s, E, 1], back to [b, s, E·r].
   const perExpert = add('Reshape', 'experts', [opts.z, opts.expertShape]);
   const weight = add('Unsqueeze', 'coefficients', [coefficients, c.lastAxis.name]);
@@ -118,3 +130,6 @@ export function routeExperts(opts: {
   const gated = add('Reshape', 'gated', [weighted, c.flatRank.name]);
   return { nodes, gated };
 }
+
+/** The int64 scalar index of a module in its kind: '/router/index_{k}' (added by the slot patch). */
+export const moduleIndex = (k: number): string => `/router/index_${k}`;

@@ -41,7 +41,14 @@ export interface AdapterFeeds {
    * blocks of equal rank side by side, and `weights` the router R [in, experts] of each module
    * (row-major; an absent module's router is zeros). Needs a graph loaded with a router slot.
    */
-  router?: { experts: number; topK: number; temperature: number; weights: Map<string, Float32Array> };
+  router?: {
+    experts: number;
+    topK: number;
+    temperature: number;
+    weights: Map<string, Float32Array>;
+    /** 'given' router: every coefficient when none is fed for the call (default 1). */
+    constant?: number;
+  };
   /** UniPELT's gated parts (graph/unipelt-slots.ts); its LoRA branches are in `modules`. */
   unipelt?: UniPeltFeeds;
 }

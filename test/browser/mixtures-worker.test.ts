@@ -3,7 +3,8 @@
  * same files: a token-level Arrow mixture of three LoRA experts on wasm and on WebGPU (its router's
  * ops: Abs, Greater, Cast, ReduceSum, Less, Where, Softmax), per-request routing with a blend made for
  * one request, and UniPELT in AdapterHub's format on wasm and WebGPU (where the parts that are off
- * are one masked prefix position and one zero bottleneck unit, not empty tensors).
+ * are one masked prefix position and one zero bottleneck unit, not empty tensors), and X-LoRA on
+ * wasm (its scaling pass before every call).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -13,9 +14,11 @@ import { main } from '../../src/cli.js';
 import { Runtime } from '../../src/runtime.js';
 import { makeLoraAdapter } from '../helpers/peft-fixtures.js';
 import { adapterHubFiles } from '../helpers/adapterhub-fixtures.js';
+import { xloraFiles } from '../helpers/xlora-fixtures.js';
 import { startHarness, type Harness } from './harness.js';
 
 const EXPERTS = ['e11', 'e12', 'e13'];
+
 const EXAMPLES: Record<string, string[]> = {
   e11: ['The dog ran to the park.', 'Max the dog wagged his tail.', 'The puppy barked at the cat.'],
   e12: ['The sun was hot at the beach.', 'They played in the sand by the sea.', 'The waves were big.'],
@@ -42,6 +45,10 @@ beforeAll(async () => {
       ],
       () => undefined,
     );
+    mkdirSync(path.join(work, 'xlora'), { recursive: true });
+    const x = xloraFiles({ depth: 2, layerwise: true });
+    writeFileSync(path.join(work, 'xlora', 'adapter_config.json'), JSON.stringify(x.config));
+    writeFileSync(path.join(work, 'xlora', 'adapter_model.safetensors'), x.weights);
     mkdirSync(path.join(work, 'unipelt'), { recursive: true });
     const uni = adapterHubFiles({ lora: true, prefix: true, bottleneck: true });
     writeFileSync(path.join(work, 'unipelt', 'adapter_config.json'), JSON.stringify(uni.config));
@@ -155,4 +162,32 @@ describe('UniPELT in the worker', () => {
       }
     });
   }
+});
+
+describe('X-LoRA in the worker', () => {
+  it("on wasm: Node's logits and greedy text, a scaling pass before every call", async () => {
+    const x = await Runtime.create({ model: modelDir, slots: { router: 'given' } });
+    try {
+      for (const id of EXPERTS) await x.adapters.add(id, path.join(h.work, 'adapters', id));
+      await x.adapters.activateXLora(xloraFiles({ depth: 2, layerwise: true }), EXPERTS);
+      const want = await x.logits(TOKENS);
+      const wantText = (await x.complete('Once upon a time', { maxTokens: 24 })).text;
+      await h.page.evaluate(() =>
+        window.edge.load('xlora', { model: '/served/model/', backend: 'wasm', slots: { router: 'given' } }),
+      );
+      for (const id of EXPERTS)
+        await h.page.evaluate((i) => window.edge.addAdapter('xlora', i, `/served/adapters/${i}/`), id);
+      await h.page.evaluate((e) => window.edge.activateXLora('xlora', '/served/xlora/', e), EXPERTS);
+      expect(
+        maxDiff(await h.page.evaluate((t) => window.edge.logits('xlora', t), TOKENS), want),
+      ).toBeLessThan(1e-4);
+      const text = await h.page.evaluate(() =>
+        window.edge.generate('xlora', 'Once upon a time', { maxTokens: 24 }),
+      );
+      expect(text.text).toBe(wantText);
+    } finally {
+      await x.release();
+      await h.page.evaluate(() => window.edge.release('xlora'));
+    }
+  });
 });

@@ -206,6 +206,8 @@ const api = {
   activate: (key: string, spec: string | (string | ActiveSpec)[]) => get(key).adapters.activate(spec),
   activateMixture: (key: string, spec: MixtureSpec) => get(key).adapters.activateMixture(spec),
   activateUniPelt: (key: string, url: string) => get(key).adapters.activateUniPelt(url),
+  activateXLora: (key: string, url: string, experts: string[]) =>
+    get(key).adapters.activateXLora(url, experts),
   setExamples: (key: string, id: string, prompts: string[]) => get(key).adapters.setExamples(id, prompts),
   route: (key: string, prompt: string, options?: RouteOptions) => get(key).adapters.route(prompt, options),
   deactivate: (key: string) => get(key).adapters.deactivate(),
