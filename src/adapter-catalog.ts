@@ -214,11 +214,11 @@ export class AdapterCatalog {
   }
 
   /**
-   * Saves the runtime's active selection, for `restore` in a later session. A mixture of experts is
-   * not remembered (the selection saved before it stays).
+   * Saves the runtime's active selection, for `restore` in a later session. A mixture of experts,
+   * X-LoRA or UniPELT is not remembered (the selection saved before it stays).
    */
   async remember(): Promise<void> {
-    if (this.registry.activeMixture()) return;
+    if (this.registry.combinationActive()) return;
     const specs = this.registry.active().map(({ id, weight }) => ({ id, weight: weight ?? 1 }));
     return this.state.saveActive(this.options.baseFingerprint, specs);
   }

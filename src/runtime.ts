@@ -99,6 +99,10 @@ export class AdapterRegistry {
   private current: ActiveSpec[] = [];
   /** The active mixture, when the active set is one (`current` then lists its experts). */
   private mixture?: MixtureSpec;
+  /** The active X-LoRA classifier, when one is active (`current` lists its experts). */
+  private xlora?: XLoraAdapter;
+  /** A UniPELT adapter is active (it is not an added adapter: `current` is empty). */
+  private unipelt = false;
   /** Per-request routing: the prototypes of the adapters given example prompts. */
   private router = new PromptRouter();
 
@@ -134,6 +138,8 @@ export class AdapterRegistry {
     this.model.session.setAdapter(feeds);
     this.current = list;
     this.mixture = undefined;
+    this.xlora = undefined;
+    this.unipelt = false;
   }
 
   /** The feeds of one adapter or a weighted blend of added adapters (for activate, or one request). */
@@ -223,6 +229,8 @@ export class AdapterRegistry {
     this.model.session.setAdapter(mixtureFeeds(experts, spec.router, this.base));
     this.current = spec.experts.map((id) => ({ id }));
     this.mixture = { experts: [...spec.experts], router: spec.router };
+    this.xlora = undefined;
+    this.unipelt = false;
   }
 
   /**
@@ -259,6 +267,8 @@ export class AdapterRegistry {
     session.setAdapter(xloraFeeds(x, adapters, this.base), driver);
     this.current = experts.map((id) => ({ id }));
     this.mixture = undefined;
+    this.xlora = x;
+    this.unipelt = false;
   }
 
   /**
@@ -273,6 +283,8 @@ export class AdapterRegistry {
     this.model.session.setAdapter(uniPeltFeeds(adapter, this.base.config));
     this.current = [];
     this.mixture = undefined;
+    this.xlora = undefined;
+    this.unipelt = true;
   }
 
   /**
@@ -292,6 +304,11 @@ export class AdapterRegistry {
     if (this.current.some((s) => s.id === id)) {
       try {
         if (this.mixture) await this.activateMixture(this.mixture);
+        else if (this.xlora)
+          await this.activateXLora(
+            this.xlora,
+            this.current.map((c) => c.id),
+          );
         else await this.activate(this.current);
       } catch (e) {
         this.loaded.set(id, previous);
@@ -325,6 +342,16 @@ export class AdapterRegistry {
     this.model.session.setAdapter(undefined);
     this.current = [];
     this.mixture = undefined;
+    this.xlora = undefined;
+    this.unipelt = false;
+  }
+
+  /**
+   * True while a mixture, an X-LoRA classifier or a UniPELT adapter is active: a selection that
+   * `activate` cannot restore (the adapter catalog does not remember it).
+   */
+  combinationActive(): boolean {
+    return this.mixture !== undefined || this.xlora !== undefined || this.unipelt;
   }
 
   /** The active mixture of experts, when one is active. */
@@ -346,10 +373,11 @@ export class AdapterRegistry {
     if (!this.loaded.has(id)) throw new InvalidInputError('remove', id, 'no adapter with this id');
     const rest = this.current.filter((s) => s.id !== id);
     if (rest.length !== this.current.length) {
-      // A mixture loses its expert: the others stay mixed while there are two.
+      // A mixture loses its expert: the others stay mixed while there are two. X-LoRA's classifier
+      // needs all its experts: it is deactivated.
       if (this.mixture && rest.length >= 2)
         await this.activateMixture({ experts: rest.map((s) => s.id), router: this.mixture.router });
-      else if (rest.length && !this.mixture) await this.activate(rest);
+      else if (rest.length && !this.mixture && !this.xlora) await this.activate(rest);
       else this.deactivate();
     }
     this.loaded.delete(id);

@@ -87,6 +87,18 @@ describe('X-LoRA against the float64 oracle', () => {
     });
   }
 
+  it('removing an expert deactivates X-LoRA (its classifier needs them all); no blend is left behind', async () => {
+    await rt.adapters.activateXLora(parseXLora(xloraFiles({ depth: 1 })), ids);
+    expect(rt.adapters.combinationActive()).toBe(true);
+    await rt.adapters.remove('e2');
+    expect(rt.adapters.active()).toEqual([]);
+    expect(rt.adapters.combinationActive()).toBe(false);
+    expect(maxDiffRows(await rt.logits(TOKENS), referenceLogitsWithAdapters(ckpt, [], TOKENS))).toBeLessThan(
+      1e-4,
+    );
+    await rt.adapters.add('e2', experts[2]);
+  });
+
   it('refuses what it cannot run, naming the file and field', async () => {
     const topk = xloraFiles({ depth: 1, extra: { enable_softmax_topk: true, top_k_lora: 2 } });
     expect(() => parseXLora(topk, 'x')).toThrow(AdapterFormatError);
