@@ -8,6 +8,8 @@ export {
   type AdapterSource,
   type AdapterInfo,
   type ActiveSpec,
+  type MixtureSpec,
+  type RequestOptions,
 } from './runtime.js';
 export { loadModel, loadModelWithBase, type LoadModelOptions } from './load-model.js';
 export { LanguageModel, type Completion, type Quantization } from './engine/language-model.js';
@@ -65,3 +67,20 @@ export { rlaifPreferences, logProbJudge, type Judge } from './train/rlaif.js';
 export { buildTrainingGraph, type TrainingGraph, type TrainingGraphOptions } from './train/training-graph.js';
 export { differentiate, type DifferentiateOptions } from './graph/autodiff/differentiate.js';
 export { toStandardOps } from './graph/standard-ops.js';
+export {
+  PromptRouter,
+  promptEmbedding,
+  type RouteChoice,
+  type RouteOptions,
+} from './mixtures/prompt-router.js';
+export { mixtureFeeds, type MixtureRouter } from './mixtures/expert-feeds.js';
+export { arrowPrototype } from './mixtures/arrow.js';
+export { GateTrainer, type GateTrainOptions, type GateTrainResult } from './mixtures/train-gates.js';
+export { parseXLora, type XLoraAdapter, type XLoraConfig } from './mixtures/xlora.js';
+export {
+  parseAdapterHubUniPelt,
+  serializeAdapterHubUniPelt,
+  type UniPeltAdapter,
+} from './formats/adapterhub-unipelt.js';
+export { initUniPelt, UniPeltTrainer, type UniPeltInit } from './train/train-unipelt.js';
+export { loadBackend } from './engine/backend.js';
