@@ -16,10 +16,9 @@ import { readJson, type FileSource } from './formats/files.js';
 import type { ActiveSpec, AdapterInfo, MixtureSpec, RequestOptions, Runtime } from './runtime.js';
 import type { RouteChoice, RouteOptions } from './mixtures/prompt-router.js';
 import { ADAPTERHUB_CONFIG, ADAPTERHUB_WEIGHTS } from './formats/adapterhub-unipelt.js';
-import { FetchError } from './store/errors.js';
 import type { AdapterCatalog, CatalogEntry, InstalledAdapter } from './adapter-catalog.js';
 import type { StoreUsage } from './store/adapter-store.js';
-import type { FetchProgress } from './store/fetch.js';
+import { fetchWithProgress, type FetchProgress } from './store/fetch.js';
 import { folderDownload, type DownloadProgress } from './store/folder-download.js';
 import { modelFingerprint } from './store/manifest.js';
 import type { LoadModelOptions } from './load-model.js';
@@ -391,37 +390,13 @@ export class RuntimeWorker {
       await this.rt().adapters.activateMixture(spec);
     },
     /** X-LoRA: PEFT's XLORA files (bytes or a folder URL) over added LoRA experts. */
-    activateXLora: async (
-      source: string | { config: Uint8Array; weights: Uint8Array },
-      experts: readonly string[],
-    ): Promise<void> => {
-      const folder = typeof source === 'string' && !source.endsWith('/') ? `${source}/` : source;
-      const files =
-        typeof folder === 'string'
-          ? {
-              config: new Uint8Array(
-                await (await fetchOk(new URL('adapter_config.json', folder))).arrayBuffer(),
-              ),
-              weights: new Uint8Array(
-                await (await fetchOk(new URL('adapter_model.safetensors', folder))).arrayBuffer(),
-              ),
-            }
-          : folder;
+    activateXLora: async (source: string | TwoFiles, experts: readonly string[]): Promise<void> => {
+      const files = await twoFiles(source, 'adapter_config.json', 'adapter_model.safetensors');
       await this.rt().adapters.activateXLora(files, experts);
     },
     /** A UniPELT adapter in AdapterHub's format: a folder URL or its two files' bytes. */
-    activateUniPelt: async (source: string | { config: Uint8Array; weights: Uint8Array }): Promise<void> => {
-      const folder = typeof source === 'string' && !source.endsWith('/') ? `${source}/` : source;
-      const files =
-        typeof folder === 'string'
-          ? {
-              config: new Uint8Array(await (await fetchOk(new URL(ADAPTERHUB_CONFIG, folder))).arrayBuffer()),
-              weights: new Uint8Array(
-                await (await fetchOk(new URL(ADAPTERHUB_WEIGHTS, folder))).arrayBuffer(),
-              ),
-            }
-          : folder;
-      await this.rt().adapters.activateUniPelt(files);
+    activateUniPelt: async (source: string | TwoFiles): Promise<void> => {
+      await this.rt().adapters.activateUniPelt(await twoFiles(source, ADAPTERHUB_CONFIG, ADAPTERHUB_WEIGHTS));
     },
     setExamples: (id: string, prompts: readonly string[]): Promise<void> =>
       this.exclusive(() => this.rt().adapters.setExamples(id, prompts)),
@@ -473,8 +448,14 @@ export class RuntimeWorker {
   }
 }
 
-async function fetchOk(url: URL): Promise<Response> {
-  const response = await fetch(url);
-  if (!response.ok) throw new FetchError(url.href, `HTTP ${response.status}`, response.status);
-  return response;
+type TwoFiles = { config: Uint8Array; weights: Uint8Array };
+
+/** An adapter's config and weights: given as bytes, or fetched from a folder URL (FetchError naming the URL). */
+async function twoFiles(source: string | TwoFiles, config: string, weights: string): Promise<TwoFiles> {
+  if (typeof source !== 'string') return source;
+  const folder = source.endsWith('/') ? source : `${source}/`;
+  const [c, w] = await Promise.all(
+    [config, weights].map((name) => fetchWithProgress(new URL(name, folder).href)),
+  );
+  return { config: c, weights: w };
 }

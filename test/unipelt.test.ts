@@ -85,6 +85,20 @@ describe('UniPELT against the float64 oracle', () => {
     await rt.adapters.remove('lora');
   });
 
+  it('a UniPELT adapter on a graph without UniPELT slots is refused, and the active adapter stays', async () => {
+    const plain = await Runtime.create({ model: memorySource(folder, 'stories260K') });
+    try {
+      await expect(plain.adapters.activateUniPelt(adapterHubFiles({ lora: true }))).rejects.toThrow(
+        /slots: \{ unipelt: true \}/,
+      );
+      expect(
+        maxDiffRows(await plain.logits(TOKENS), referenceLogitsWithAdapters(ckpt, [], TOKENS)),
+      ).toBeLessThan(1e-4);
+    } finally {
+      await plain.release();
+    }
+  });
+
   it('refuses what UniPELT does not use, naming the file and the field or tensor', () => {
     const files = adapterHubFiles({ lora: true });
     const cfg = structuredClone(files.config) as { config: { configs: Record<string, unknown>[] } };
@@ -92,6 +106,9 @@ describe('UniPELT against the float64 oracle', () => {
     const bad = () => parseAdapterHubUniPelt({ ...files, config: cfg }, c, 'up');
     expect(bad).toThrow(AdapterFormatError);
     expect(bad).toThrow(/up\/adapter_config\.json.*config\.configs\.lora\.composition_mode/);
+    expect(() =>
+      parseAdapterHubUniPelt({ ...files, config: new TextEncoder().encode('{"config": ') }, c, 'up'),
+    ).toThrow(/up\/adapter_config\.json.*not valid UTF-8 JSON/);
     const extra = adapterHubFiles({ lora: true, bottleneck: true });
     expect(() => parseAdapterHubUniPelt(extra, { ...c, num_hidden_layers: 4 }, 'up')).toThrow(
       /not a tensor of a UniPELT adapter/,

@@ -63,10 +63,9 @@ describe('X-LoRA against the float64 oracle', () => {
   ];
   for (const [name, o] of cases) {
     it(`${name}: every position within 1e-4, then greedy decoding token for token`, async () => {
-      const files = xloraFiles(o);
-      const x = parseXLora(files, 'xlora');
-      await rt.adapters.activateXLora(x, ids);
-      const want = new XLoraReferenceSession(ckpt, x, experts).forward(TOKENS);
+      const { oracle, ...files } = xloraFiles(o);
+      await rt.adapters.activateXLora(files, ids); // read by the project's parser
+      const want = new XLoraReferenceSession(ckpt, oracle, experts).forward(TOKENS); // the fixture's own numbers
       expect(maxDiffRows(await rt.logits(TOKENS), want)).toBeLessThan(1e-4);
       // The scalings matter: an even blend is far away.
       const even = referenceLogitsWithAdapters(
@@ -76,7 +75,7 @@ describe('X-LoRA against the float64 oracle', () => {
       );
       expect(maxDiffRows(want, even)).toBeGreaterThan(1e-2);
       const out = await rt.complete(TOKENS.slice(0, 5), { maxTokens: 10, temperature: 0, eosTokenIds: [] });
-      const ref = new XLoraReferenceSession(ckpt, x, experts);
+      const ref = new XLoraReferenceSession(ckpt, oracle, experts);
       let last = ref.forward(TOKENS.slice(0, 5)).at(-1)!;
       const greedy: number[] = [];
       for (let i = 0; i < 10; i++) {
@@ -107,6 +106,19 @@ describe('X-LoRA against the float64 oracle', () => {
     expect(() => parseXLora({ ...shallow, config: { ...shallow.config, xlora_depth: 1 } }, 'x')).toThrow(
       /xlora_depth/,
     );
+    const wrong = xloraFiles({ depth: 1, layerwise: true });
+    const fewer = structuredClone(wrong.config) as Record<string, unknown>;
+    fewer.hidden_size = 32;
+    expect(() => parseXLora({ config: fewer, weights: wrong.weights }, 'x')).toThrow(/hidden_size is 32/);
+    expect(() => parseXLora({ config: new TextEncoder().encode('[1'), weights: wrong.weights }, 'x')).toThrow(
+      /x\/adapter_config\.json.*not valid UTF-8 JSON/,
+    );
+    // A layer-wise classifier sized for 35 modules over experts that adapt only 15 of them.
+    await rt.adapters.add('qvo', experts[2]);
+    await expect(rt.adapters.activateXLora(parseXLora(wrong), ['qvo', 'qvo', 'qvo'])).rejects.toThrow(
+      /last\.weight.*105 outputs.*need 45/,
+    );
+    await rt.adapters.remove('qvo');
     await expect(
       rt.adapters.activateXLora(parseXLora(xloraFiles({ depth: 1 })), ['e0', 'e1']),
     ).rejects.toThrow(InvalidInputError);

@@ -6,6 +6,7 @@ import type * as ort from 'onnxruntime-web';
 import type { OrtApi } from './backend.js';
 import type { SlotLayout } from '../graph/adapter-slots.js';
 import type { AdapterFeeds, UniPeltFeeds } from '../methods/feeds.js';
+import { FLOAT32_LOWEST } from '../graph/builder.js';
 import {
   loraGateInput,
   UNIPELT_PREFIX_MASK,
@@ -175,7 +176,7 @@ function uniPeltTensors(
   // With no prefix, WebGPU gets one masked position (its buffers cannot be empty).
   const P = used === 0 && noEmpty ? 1 : used;
   const mask = new Float32Array(P);
-  if (used === 0) mask.fill(MASKED);
+  if (used === 0) mask.fill(FLOAT32_LOWEST);
   out[UNIPELT_PREFIX_MASK] = new Tensor('float32', mask, [P]);
   const kvSize = layout.heads * P * layout.headDim;
   for (let l = 0; l < layout.layers; l++) {
@@ -201,6 +202,3 @@ function uniPeltTensors(
   }
   return out;
 }
-
-/** float32's lowest: a masked attention score. */
-const MASKED = -3.4028234663852886e38;

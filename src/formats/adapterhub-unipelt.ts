@@ -22,6 +22,7 @@
  */
 import { AdapterFormatError } from '../errors.js';
 import type { LlamaConfig } from './checkpoint.js';
+import { checkFinite, readConfigJson } from './peft-adapter.js';
 import {
   float32Entry,
   parseSafetensors,
@@ -69,9 +70,10 @@ export function parseAdapterHubUniPelt(
 ): UniPeltAdapter {
   const cfgFile = `${label}/${ADAPTERHUB_CONFIG}`;
   const file = `${label}/${ADAPTERHUB_WEIGHTS}`;
-  const json = (
-    files.config instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(files.config)) : files.config
-  ) as Json;
+  const parsed = readConfigJson(files.config, cfgFile);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    throw new AdapterFormatError(cfgFile, undefined, 'must be a JSON object');
+  const json = parsed as Json;
   const config = json.config as Json | undefined;
   const fail = (field: string, why: string) => new AdapterFormatError(cfgFile, field, why);
   if (!config || config.architecture !== 'union' || !Array.isArray(config.configs))
@@ -121,6 +123,7 @@ export function parseAdapterHubUniPelt(
         `shape [${t.shape.join(', ')}], expected [${shape.map((d) => (d < 0 ? '?' : d)).join(', ')}]`,
       );
     used.add(key);
+    checkFinite(key, t, file);
     return tensorToFloat32(t, file, key, AdapterFormatError);
   };
   const has = (key: string) => st.tensors.has(key);

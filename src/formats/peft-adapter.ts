@@ -296,7 +296,8 @@ function checkPromptShape(config: PromptLearningConfig, t: SafetensorsEntry | un
   }
 }
 
-function checkFinite(name: string, t: SafetensorsEntry, file: string): void {
+/** Refuses a tensor with a NaN or an infinity, naming the file, the tensor and the index. */
+export function checkFinite(name: string, t: SafetensorsEntry, file: string): void {
   const v = tensorToFloat32(t, file, name, AdapterFormatError);
   for (let i = 0; i < v.length; i++) {
     if (!Number.isFinite(v[i])) {
@@ -314,7 +315,8 @@ function validate(config: PeftConfig, tensors: Map<string, SafetensorsEntry>, fi
   for (const [name, t] of tensors) checkFinite(name, t, file);
 }
 
-function readConfigJson(config: unknown, file: string): unknown {
+/** An adapter config as bytes (strict UTF-8 JSON) or parsed JSON, copied; AdapterFormatError naming `file` if not. */
+export function readConfigJson(config: unknown, file: string): unknown {
   try {
     if (config instanceof Uint8Array) {
       return JSON.parse(new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(config));

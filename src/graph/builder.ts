@@ -39,6 +39,9 @@ export const MS_OPSET = 1;
 export const IR_VERSION = 8;
 export const MS_DOMAIN = 'com.microsoft';
 
+/** float32's lowest value: an additive mask (as transformers uses finfo.min); exp() of it is 0 after a softmax's max shift. */
+export const FLOAT32_LOWEST = -3.4028234663852886e38;
+
 export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'bool';
 /** A dimension: a fixed size or a symbolic name (`batch_size`). */
 export type Dim = number | string;

@@ -19,15 +19,20 @@
  * them, and the gradient to R flows through the kept scores (the comparisons carry none). Ties keep
  * every tied expert (torch.topk keeps k of them); real-valued scores tie with probability zero.
  *
- * All experts are computed: with small ranks, one [in, E·r] MatMul costs less than gathering the
- * selected experts' blocks per token (bench/mixtures.ts measures E experts against one adapter).
+ * All experts are computed in one [in, E·r] MatMul. What skipping the unselected ones could save
+ * is bounded by bench/mixtures.ts: a static blend of the same experts, all computed, costs little
+ * more than one adapter; the router's own nodes cost more than that.
  *
- * Inputs (shared by every module): `router_top_k` int64 [1] and `router_temperature` float32 [1];
- * per module kind `router.{kind}` [modules · in, E], cut into per-module blocks like A.
+ * 'given' (X-LoRA) takes the coefficients as an input instead: `router.{kind}` [batch, seq,
+ * modules, E], module k's slice by Gather, fed per forward call (../mixtures/xlora.ts).
+ *
+ * Inputs ('arrow', 'gate'; shared by every module): `router_top_k` int64 [1] and
+ * `router_temperature` float32 [1]; per module kind `router.{kind}` [modules · in, E], cut into
+ * per-module blocks like A.
  */
 import { create } from '@bufbuild/protobuf';
 import { NodeProtoSchema, type NodeProto } from '../formats/onnx/onnx_pb.js';
-import { attribute } from './builder.js';
+import { attribute, FLOAT32_LOWEST } from './builder.js';
 
 export type RouterKind = 'arrow' | 'gate' | 'given';
 
@@ -35,12 +40,9 @@ export const ROUTER_TOP_K = 'router_top_k';
 export const ROUTER_TEMPERATURE = 'router_temperature';
 export const routerInput = (kind: string): string => `router.${kind}`;
 
-/** float32's lowest value: a masked score, exp() of which is 0 after the softmax's max shift. */
-const MASKED = -3.4028234663852886e38;
-
 /** Names of the constants the router nodes read; the caller adds them as initializers (once). */
 export const ROUTER_CONSTANTS = {
-  masked: { name: '/router/masked', float: [MASKED], dims: [] },
+  masked: { name: '/router/masked', float: [FLOAT32_LOWEST], dims: [] },
   lastAxis: { name: '/router/axes_last', ints: [-1], dims: [1] },
   secondLastAxis: { name: '/router/axes_second_last', ints: [-2], dims: [1] },
   flatRank: { name: '/router/shape_flat_rank', ints: [0, 0, -1], dims: [3] },

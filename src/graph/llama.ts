@@ -56,7 +56,7 @@ import {
   type LlamaConfig,
 } from '../formats/checkpoint.js';
 import type { ModelProto, NodeProto } from '../formats/onnx/onnx_pb.js';
-import { GraphBuilder, MS_DOMAIN } from './builder.js';
+import { FLOAT32_LOWEST, GraphBuilder, MS_DOMAIN } from './builder.js';
 import { quantizeLinears, type GraphQuantizeOptions } from './quantized-linear.js';
 
 export type DecoderProfile = 'standard' | 'contrib';
@@ -105,9 +105,6 @@ export function weightInputs(ckpt: Checkpoint): { name: string; data: Float32Arr
 
 /** Metadata key (`metadata_props`) that records the profile a graph was built with. */
 export const PROFILE_METADATA_KEY = 'edge_adapters.profile';
-
-/** float32's lowest value, the additive mask of a masked key (as transformers uses finfo.min). */
-const MASKED = -3.4028234663852886e38;
 
 const FILE = 'checkpoint';
 
@@ -325,7 +322,7 @@ function attentionBias(g: GraphBuilder, ids: string, mask: string): string {
   const [keep] = g.node('Cast', [mask], { name: `${p}/Cast`, attrs: { to: 9 /* BOOL */ } });
   const [keepRow] = g.node('Unsqueeze', [keep, g.ints([1])], { name: `${p}/Unsqueeze_1` });
   const [allowed] = g.node('And', [causal, keepRow], { name: `${p}/And` });
-  return g.node('Where', [allowed, g.floats(0, []), g.floats(MASKED, [])], { name: `${p}/Where` })[0];
+  return g.node('Where', [allowed, g.floats(0, []), g.floats(FLOAT32_LOWEST, [])], { name: `${p}/Where` })[0];
 }
 
 /** Attention from MatMul/Softmax, RoPE from tables: ai.onnx ops only. */

@@ -21,7 +21,6 @@ import { create } from '@bufbuild/protobuf';
 import { ModelFormatError } from '../errors.js';
 import {
   NodeProtoSchema,
-  TensorProtoSchema,
   TensorProto_DataType as DataType,
   type ModelProto,
   type NodeProto,
@@ -305,12 +304,5 @@ export function addUniPeltSlots(
   };
 }
 
-function int64(name: string, values: number[]) {
-  const rawData = new Uint8Array(new BigInt64Array(values.map(BigInt)).buffer);
-  return create(TensorProtoSchema, {
-    name,
-    dims: [BigInt(values.length)],
-    dataType: DataType.INT64,
-    rawData,
-  });
-}
+const int64 = (name: string, values: number[]) =>
+  tensorProto(name, BigInt64Array.from(values, BigInt), [values.length]);

@@ -20,8 +20,8 @@
  *   score(a)      = z(embed(prompt)) · prototype(a)     a cosine
  *   route(prompt) = the top k adapters by score, weights softmax(score / temperature) over them
  *
- * README, "Mixtures of adapters", measures each choice (mean vs surprisal pooling, cosine vs
- * whitened, the number of examples) on held-out prompts.
+ * README, "Routing accuracy, measured" (models/routing-accuracy.ts), measures whitened against plain
+ * cosines and 200 against 40 examples on held-out prompts.
  */
 import { InvalidInputError } from '../errors.js';
 

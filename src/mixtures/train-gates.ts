@@ -6,9 +6,9 @@
  * AdamW with gradient clipping and the NaN/Inf guard, as the adapter trainer steps (../train/).
  *
  * The gate starts small and random (N(0, 0.02²), seeded), so that no two experts tie; the experts
- * outside a token's top k get no gradient for it, as in a top-k MoE. No load-balancing term: with
- * few experts and the softmax over the top k, every expert keeps a share of tokens in practice
- * (README, "Mixtures of adapters", shows what the learned gates route).
+ * outside a token's top k get no gradient for it, as in a top-k MoE. There is no load-balancing
+ * term (nothing keeps a gate from sending every token to one expert; with a handful of experts
+ * trained for distinct tasks that is a choice the loss makes, not a collapse to prevent).
  */
 import { InvalidInputError } from '../errors.js';
 import type { LlamaConfig } from '../formats/checkpoint.js';
@@ -62,7 +62,7 @@ export class GateTrainer {
 
   /** The modules the experts adapt: the gated ones. */
   modules(): string[] {
-    return [...mixtureFeeds(this.experts, { kind: 'arrow', topK: 1 }, this.base).modules.keys()];
+    return [...mixtureFeeds(this.experts, { kind: 'gate', weights: new Map() }, this.base).modules.keys()];
   }
 
   private open(): Promise<{ session: TrainingSession; layout: SlotLayout }> {

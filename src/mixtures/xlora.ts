@@ -26,7 +26,7 @@
  */
 import type * as ort from 'onnxruntime-web';
 import { AdapterFormatError } from '../errors.js';
-import type { PeftAdapter } from '../formats/peft-adapter.js';
+import { checkFinite, readConfigJson, type PeftAdapter } from '../formats/peft-adapter.js';
 import { parseSafetensors, tensorToFloat32 } from '../formats/safetensors.js';
 import type { Conditioning, DecoderSession, KvCache, PerCallFeeds } from '../engine/decoder-session.js';
 import type { SlotLayout } from '../graph/adapter-slots.js';
@@ -68,9 +68,10 @@ export function parseXLora(
   label = 'adapter',
 ): XLoraAdapter {
   const cfgFile = `${label}/${CONFIG}`;
-  const raw = (
-    files.config instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(files.config)) : files.config
-  ) as Record<string, unknown>;
+  const parsed = readConfigJson(files.config, cfgFile);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    throw new AdapterFormatError(cfgFile, undefined, 'must be a JSON object');
+  const raw = parsed as Record<string, unknown>;
   const fail = (field: string, why: string) => new AdapterFormatError(cfgFile, field, why);
   if (raw.peft_type !== 'XLORA')
     throw fail('peft_type', `expected "XLORA", got ${JSON.stringify(raw.peft_type)}`);
@@ -122,9 +123,14 @@ export function parseXLora(
     if (t.shape.length !== 2)
       throw new AdapterFormatError(file, wKey, `expected 2-D, got [${t.shape.join(', ')}]`);
     const bKey = find(`${prefix}.bias`);
+    const bias = bKey === undefined ? undefined : st.tensors.get(bKey)!;
+    if (bias && (bias.shape.length !== 1 || bias.shape[0] !== t.shape[0]))
+      throw new AdapterFormatError(file, bKey, `shape [${bias.shape.join(', ')}], expected [${t.shape[0]}]`);
+    checkFinite(wKey, t, file);
+    if (bias) checkFinite(bKey as string, bias, file);
     return {
       w: tensorToFloat32(t, file, wKey, AdapterFormatError),
-      b: bKey ? tensorToFloat32(st.tensors.get(bKey)!, file, bKey, AdapterFormatError) : undefined,
+      b: bias ? tensorToFloat32(bias, file, bKey as string, AdapterFormatError) : undefined,
       out: t.shape[0],
       in: t.shape[1],
     };
@@ -140,6 +146,15 @@ export function parseXLora(
       `${config.xlora_depth} implies ${config.xlora_depth - 1} inner layers; the weights have ${inner.length}`,
     );
   const layers = [...inner.map((i) => linear(`inner.${i}`)), linear('last')];
+  for (let i = 1; i < layers.length; i++)
+    if (layers[i].in !== layers[i - 1].out)
+      throw new AdapterFormatError(
+        file,
+        i === layers.length - 1
+          ? 'internal_xlora_classifier.last.weight'
+          : `internal_xlora_classifier.inner.${inner[i]}.weight`,
+        `reads ${layers[i].in} features; the layer before gives ${layers[i - 1].out}`,
+      );
   if (layers[0].in !== config.hidden_size)
     throw new AdapterFormatError(
       file,
@@ -223,6 +238,8 @@ export class XLoraDriver implements PerCallFeeds {
   private readonly caches = new WeakMap<KvCache, KvCache>();
   private readonly modules: string[];
   private readonly experts: number;
+  /** X-LoRA's m of each module. */
+  private readonly index: Map<string, number>;
 
   constructor(
     private readonly x: XLoraAdapter,
@@ -234,6 +251,21 @@ export class XLoraDriver implements PerCallFeeds {
   ) {
     this.modules = xloraModules(experts, base);
     this.experts = experts.length;
+    this.index = new Map(this.modules.map((m, i) => [m, i]));
+    const last = x.classifier.layers[x.classifier.layers.length - 1];
+    const want = x.config.layerwise_scalings ? this.modules.length * this.experts : this.experts;
+    if (last.out !== want)
+      throw new AdapterFormatError(
+        `${x.label}/${WEIGHTS}`,
+        'internal_xlora_classifier.last.weight',
+        `gives ${last.out} outputs; ${this.experts} experts${x.config.layerwise_scalings ? ` x ${this.modules.length} LoRA modules` : ''} need ${want}`,
+      );
+    if (x.config.hidden_size !== base.config.hidden_size)
+      throw new AdapterFormatError(
+        `${x.label}/${CONFIG}`,
+        'hidden_size',
+        `${x.config.hidden_size}, the model's is ${base.config.hidden_size}`,
+      );
   }
 
   async prepare(tokens: readonly number[], cache: KvCache) {
@@ -250,14 +282,13 @@ export class XLoraDriver implements PerCallFeeds {
     const M = this.modules.length;
     const E = this.experts;
     const perToken = tokens.map((_, t) => xloraScalings(this.x, hidden.subarray(t * d, (t + 1) * d), M, E));
-    const index = new Map(this.modules.map((m, i) => [m, i]));
     const feeds: Record<string, ort.Tensor> = {};
     for (const g of this.layout.groups) {
       if (!g.router) continue;
       const n = g.modules.length;
       const data = new Float32Array(tokens.length * n * E);
       g.modules.forEach((module, k) => {
-        const m = index.get(module);
+        const m = this.index.get(module);
         if (m === undefined) return; // no expert adapts it: zero branches
         for (let t = 0; t < tokens.length; t++)
           for (let e = 0; e < E; e++) data[(t * n + k) * E + e] = perToken[t][m * E + e];
